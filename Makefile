@@ -1,0 +1,52 @@
+# The course's commands. Each target sets up .venv/ itself on a fresh machine.
+#   make lab       open JupyterLab at notebook 01
+#   make test      unit and claim tests, then strict nbval over every notebook
+#   make execute   re-run notebooks in place (all, or NB=notebooks/01-....ipynb)
+#   make bench     each notebook's nbval time as a ratio to the floor (import torch)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FIRST := notebooks/01-gradients-accumulate.ipynb
+NB ?= $(sort $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb))
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+.PHONY: setup lab test test-unit test-notebooks execute bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG) $(FIRST)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=300 notebooks
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-notebooks: $(STAMP)
+	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=300 $(NB)
+
+execute: $(STAMP)
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.kernel_name=python3 \
+	  --ExecutePreprocessor.record_timing=False \
+	  --ClearMetadataPreprocessor.enabled=True \
+	  --ClearMetadataPreprocessor.clear_notebook_metadata=False \
+	  --ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags \
+	  $(NB)
+
+bench: $(STAMP)
+	$(PY) tests/benchmark.py $(NB)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

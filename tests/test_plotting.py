@@ -1,0 +1,67 @@
+"""utils.plotting: the numbers behind each plot, and bad input."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import math
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from utils.plotting import plot_bars, plot_grad_history
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_grad_history_draws_one_line_per_entry_and_marks_none():
+    g = torch.tensor([[1.0], [-2.0]])
+    ax = plot_grad_history([None, g, 2 * g, 3 * g])
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["grad[1]"].get_ydata()[1:]) == [-2.0, -4.0, -6.0]
+    assert math.isnan(lines["grad[0]"].get_ydata()[0])
+    assert list(lines["None"].get_xdata()) == [0]
+    assert ax.get_xlabel() == "number of backward() calls"
+
+
+def test_grad_history_uses_the_given_axes():
+    _, ax = plt.subplots()
+    assert plot_grad_history([torch.zeros(2)], ax=ax) is ax
+
+
+@pytest.mark.parametrize(
+    "grads, error, words",
+    [
+        (torch.zeros(3), TypeError, "list of .grad snapshots"),
+        ([], TypeError, "non-empty list"),
+        ([None, [1.0]], TypeError, "tensor or None, got list"),
+        ([None, None], ValueError, "at least one tensor"),
+        ([torch.zeros(2), torch.zeros(3)], ValueError, "all of one shape"),
+    ],
+)
+def test_grad_history_bad_input_is_a_clear_error(grads, error, words):
+    with pytest.raises(error, match=words):
+        plot_grad_history(grads)
+
+
+def test_grad_history_rejects_something_that_is_not_axes():
+    with pytest.raises(TypeError, match="matplotlib Axes or None"):
+        plot_grad_history([torch.zeros(2)], ax="left")
+
+
+def test_bars_draw_values_and_their_total():
+    ax = plot_bars(["a", "b", "c"], [1.0, -0.5, 2.0], total_label="sum")
+    heights = [patch.get_height() for patch in ax.patches]
+    assert heights == [1.0, -0.5, 2.0, 2.5]
+
+
+def test_bars_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="one label per value"):
+        plot_bars(["a"], [1.0, 2.0])
+    with pytest.raises(TypeError, match="labels as a list of strings"):
+        plot_bars("ab", [1.0, 2.0])

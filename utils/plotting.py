@@ -1,0 +1,71 @@
+"""Plot helpers. Call `plt.style.use("utils.course")` first; importing changes no rcParams."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _axes(ax: Axes | None) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots()
+    elif not isinstance(ax, Axes):
+        raise TypeError(f"expected a matplotlib Axes or None for ax, got {type(ax).__name__}")
+    return ax
+
+
+def plot_grad_history(grads: Sequence[torch.Tensor | None], ax: Axes | None = None) -> Axes:
+    """Plot each entry of `.grad` after 0, 1, 2, ... `backward()` calls (notebook 01).
+
+    `grads[k]` is `.grad` after k calls (`None` before the first). `None` is drawn as a
+    hollow marker on zero and named in the legend, because it is not a zero tensor.
+    """
+    if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence) or len(grads) == 0:
+        raise TypeError("expected a non-empty list of .grad snapshots (tensors or None), one per call count")
+    bad = [type(g).__name__ for g in grads if g is not None and not isinstance(g, torch.Tensor)]
+    if bad:
+        raise TypeError(f"expected each snapshot to be a tensor or None, got {bad[0]}")
+    shapes = {tuple(g.shape) for g in grads if g is not None}
+    if len(shapes) != 1:
+        raise ValueError(f"expected at least one tensor snapshot, all of one shape; got shapes {sorted(shapes)}")
+    ax = _axes(ax)
+    rows = [None if g is None else g.detach().cpu().double().flatten() for g in grads]
+    width = next(r for r in rows if r is not None).numel()
+    calls = range(len(rows))
+    for i in range(width):
+        values = [float("nan") if r is None else float(r[i]) for r in rows]
+        ax.plot(calls, values, marker=MARKERS[i % len(MARKERS)], label=f"grad[{i}]")
+    empty = [k for k, r in enumerate(rows) if r is None]
+    if empty:
+        ax.plot(empty, [0.0] * len(empty), "o", mfc="none", mec="black", ls="none", label="None")
+    ax.set_xticks(list(calls))
+    ax.set_xlabel("number of backward() calls")
+    ax.set_ylabel("value held in .grad")
+    ax.legend()
+    return ax
+
+
+def plot_bars(
+    labels: Sequence[str], values: Sequence[float], ax: Axes | None = None, *, total_label: str | None = None
+) -> Axes:
+    """Bar chart of contributions, with their sum as a hatched last bar if `total_label` is set.
+
+    Notebook 01 uses it for the gradient each time step of a recurrent cell adds.
+    """
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise TypeError(f"expected labels as a list of strings, got {type(labels).__name__}")
+    values = [float(v) for v in values]
+    if len(labels) != len(values) or not labels:
+        raise ValueError(f"expected one label per value, got {len(labels)} labels and {len(values)} values")
+    ax = _axes(ax)
+    ax.bar(list(labels), values, color="C0", edgecolor="black")
+    if total_label is not None:
+        ax.bar([total_label], [sum(values)], color="C1", edgecolor="black", hatch="//")
+    ax.axhline(0.0, color="black", linewidth=1)
+    ax.grid(axis="x", visible=False)
+    return ax
