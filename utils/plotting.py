@@ -9,6 +9,7 @@ import torch
 from matplotlib.axes import Axes
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)))
 
 
 def _axes(ax: Axes | None) -> Axes:
@@ -68,4 +69,28 @@ def plot_bars(
         ax.bar([total_label], [sum(values)], color="C1", edgecolor="black", hatch="//")
     ax.axhline(0.0, color="black", linewidth=1)
     ax.grid(axis="x", visible=False)
+    return ax
+
+
+def plot_loss_curves(
+    curves: dict[str, Sequence[float]], ax: Axes | None = None, *, log: bool = True
+) -> Axes:
+    """Overlay loss curves, one per named training loop, against the step (notebooks 02 and 06).
+
+    Each curve gets the course cycle's colour *and* line style, so print-outs and colour-blind
+    viewers can tell them apart; `log=True` puts the loss on a log scale.
+    """
+    if not isinstance(curves, dict) or not curves:
+        raise TypeError("expected a non-empty dict mapping a loop's name to its list of losses")
+    ax = _axes(ax)
+    for i, (name, losses) in enumerate(curves.items()):
+        values = [float(v) for v in losses]
+        if not values:
+            raise ValueError(f"the curve {name!r} has no losses to plot")
+        ax.plot(range(len(values)), values, linestyle=LINESTYLES[i % len(LINESTYLES)], label=str(name))
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (log scale)" if log else "training loss")
+    ax.legend()
     return ax
