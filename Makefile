@@ -3,16 +3,21 @@
 #   make test      unit and claim tests, then strict nbval over every notebook
 #   make execute   re-run notebooks in place (all, or NB=notebooks/01-....ipynb)
 #   make bench     each notebook's nbval time as a ratio to the floor (import torch)
+#   make test-threads  strict nbval with OMP_NUM_THREADS=1, then 2
+#   make test-launch   Binder configuration and JupyterLab in Chromium (needs /usr/bin/chromium)
+#   make test-gpu      strict nbval with the device forced to CUDA
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LAUNCH_STAMP := $(VENV)/.installed-launch
+NBVAL := $(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=300
 FIRST := notebooks/01-gradients-accumulate.ipynb
 NB ?= $(sort $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb))
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup lab test test-unit test-notebooks execute bench clean
+.PHONY: setup lab test test-unit test-notebooks test-threads test-launch test-gpu execute bench clean
 
 setup: $(STAMP)
 
@@ -27,14 +32,28 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG) $(FIRST)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=300 notebooks
+	$(PY) -m pytest -q tests --ignore=tests/launch
+	$(NBVAL) notebooks
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/launch
 
 test-notebooks: $(STAMP)
-	$(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=300 $(NB)
+	$(NBVAL) $(NB)
+
+test-threads: $(STAMP)
+	OMP_NUM_THREADS=1 $(NBVAL) notebooks
+	OMP_NUM_THREADS=2 $(NBVAL) notebooks
+
+$(LAUNCH_STAMP): $(STAMP) tests/launch/requirements.txt
+	$(PY) -m pip install --quiet -r tests/launch/requirements.txt
+	touch $(LAUNCH_STAMP)
+
+test-launch: $(LAUNCH_STAMP)
+	$(PY) -m pytest -q tests/launch
+
+test-gpu: $(STAMP)
+	COURSE_DEVICE=cuda $(NBVAL) notebooks
 
 execute: $(STAMP)
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-RIGHT = "✅ Right:"
-NOT_YET = "❌ Not yet:"
+RIGHT = "✔ Right:"
+NOT_YET = "✘ Not yet:"
 
 
 @dataclass(frozen=True)
