@@ -94,3 +94,20 @@ def plot_loss_curves(
     ax.set_ylabel("training loss (log scale)" if log else "training loss")
     ax.legend()
     return ax
+
+
+def plot_counts(counts: dict[str, float], ax: Axes | None = None) -> Axes:
+    """Bar chart of named counts, each bar its own colour and hatch, its value on top (notebook 05)."""
+    if not isinstance(counts, dict) or not counts:
+        raise TypeError("expected a non-empty dict mapping a name to its count, e.g. {'no_sync()': 3}")
+    bad = [name for name, value in counts.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
+    if bad:
+        raise TypeError(f"expected each count as a number, got {counts[bad[0]]!r} for {bad[0]!r}")
+    ax = _axes(ax)
+    hatches = ("//", "..", "xx", "\\\\", "oo", "++")
+    for i, (name, value) in enumerate(counts.items()):
+        bars = ax.bar([str(name)], [value], color=f"C{i}", edgecolor="black", hatch=hatches[i % len(hatches)])
+        ax.bar_label(bars, labels=[f"{value:g}"], padding=3)
+    ax.set_ylim(0, 1.15 * max(max(counts.values()), 1))
+    ax.grid(axis="x", visible=False)
+    return ax
