@@ -76,3 +76,31 @@ def make_sequences(
     steps = torch.arange(1, num_steps + 1, dtype=torch.float64)
     targets = inputs[..., 0].cumsum(dim=1) / steps
     return inputs.to(device=device, dtype=dtype), targets.to(device=device, dtype=dtype)
+
+
+def make_token_sequences(
+    num_sequences: int = 8,
+    max_len: int = 12,
+    num_features: int = 4,
+    vocab_size: int = 5,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return padded inputs (num_sequences, max_len, num_features) and labels (num_sequences, max_len).
+
+    Each sequence gets a length drawn from 1..max_len; past it, inputs are 0 and labels are
+    -100, the label `F.cross_entropy` ignores by default. Drawn on the CPU from
+    `make_generator(seed)`. Used by notebook 04 for a token-level loss.
+    """
+    for value, name in ((num_sequences, "num_sequences"), (max_len, "max_len"),
+                        (num_features, "num_features"), (vocab_size, "vocab_size")):
+        _check_positive_int(value, name)
+    generator = make_generator(seed)
+    lengths = torch.randint(1, max_len + 1, (num_sequences,), generator=generator)
+    inputs = torch.randn(num_sequences, max_len, num_features, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, vocab_size, (num_sequences, max_len), generator=generator)
+    padding = torch.arange(max_len) >= lengths[:, None]
+    inputs[padding], labels[padding] = 0.0, -100
+    return inputs.to(device=device, dtype=dtype), labels.to(device=device)

@@ -39,3 +39,13 @@ def fmt(value: float | torch.Tensor | Iterable[float], digits: int = 4) -> str:
     if isinstance(result, list):
         return "[" + ", ".join(f"{v:.{digits}f}" for v in result) + "]"
     return f"{result:.{digits}f}"
+
+
+def fmt_diff(value: float, floor: float = 1e-10) -> str:
+    """Format a largest difference stably: '< floor' below `floor`, else 2 significant digits (notebook 04)."""
+    for name, number in (("value", value), ("floor", floor)):
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise TypeError(f"expected {name} as a float, got {type(number).__name__}; use .item() on a tensor")
+    if value < 0 or floor <= 0:
+        raise ValueError(f"expected a difference >= 0 and a floor > 0, got {value!r} and {floor!r}")
+    return f"< {floor:.0e}" if value < floor else f"{value:.2g}"

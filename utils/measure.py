@@ -1,0 +1,104 @@
+"""Measure what training keeps: bytes saved for backward, and gradients to compare (notebook 04).
+
+`SavedTensorMeter` counts the tensors a forward pass saves for `backward()` (activations),
+through `torch.autograd.graph.saved_tensors_hooks`. It counts each distinct storage once and
+leaves out the model's own parameters and buffers, which stay in memory whether or not you
+train. The count depends only on shapes and dtypes, so it is the same on every machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
+    return str(tensor.device), tensor.untyped_storage().data_ptr()
+
+
+class SavedTensorMeter:
+    """Count the bytes autograd saves for backward inside a `with` block (notebook 04).
+
+    `exclude` is the model (its parameters and buffers are left out) or a list of tensors.
+    A saved tensor that is a view (a slice, `weight.T`) counts its whole storage, since the
+    graph keeps all of it alive; storages already counted, or excluded, add nothing.
+    """
+
+    def __init__(self, exclude: nn.Module | Iterable[torch.Tensor] = ()) -> None:
+        if isinstance(exclude, nn.Module):
+            tensors = [*exclude.parameters(), *exclude.buffers()]
+        elif isinstance(exclude, torch.Tensor):
+            tensors = [exclude]
+        else:
+            try:
+                tensors = list(exclude)
+            except TypeError:
+                raise TypeError(
+                    f"expected the model or a list of tensors for exclude, got {type(exclude).__name__}"
+                ) from None
+        bad = [type(t).__name__ for t in tensors if not isinstance(t, torch.Tensor)]
+        if bad:
+            raise TypeError(f"expected tensors to exclude, got {bad[0]}; pass model or model.parameters()")
+        self._excluded = {_storage_key(t) for t in tensors}
+        self._kept: dict[tuple[str, int], Any] = {}
+        self._context: Any = None
+        self.num_bytes = 0
+        self.num_tensors = 0
+        self.shapes: list[tuple[int, ...]] = []  # the shape of each counted tensor, in saving order
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key not in self._excluded and key not in self._kept:
+            storage = tensor.untyped_storage()
+            self._kept[key] = storage  # held until exit, so no other storage reuses its address
+            self.num_bytes += storage.nbytes()
+            self.num_tensors += 1
+            self.shapes.append(tuple(tensor.shape))
+        return tensor
+
+    def __enter__(self) -> SavedTensorMeter:
+        if self._context is not None:
+            raise RuntimeError("this SavedTensorMeter is already counting; make a new one to nest")
+        self.num_bytes, self.num_tensors, self.shapes = 0, 0, []
+        self._context = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._context.__exit__(*exc_info)
+        self._context = None
+        self._kept.clear()
+
+
+def grads(model: nn.Module) -> list[torch.Tensor]:
+    """Return a detached copy of every parameter's `.grad`, a `None` as zeros (notebook 04)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}; pass the model itself")
+    params = list(model.parameters())
+    if not params or all(p.grad is None for p in params):
+        raise ValueError("no parameter has a .grad yet: call backward() on a loss of this model first")
+    return [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+
+
+def largest_difference(
+    a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor]
+) -> float:
+    """Return the largest |a - b| over matching tensors, computed exactly in float64 (notebook 04)."""
+    pairs = []
+    for name, value in (("a", a), ("b", b)):
+        tensors = [value] if isinstance(value, torch.Tensor) else value
+        if not isinstance(tensors, Sequence) or not all(isinstance(t, torch.Tensor) for t in tensors):
+            raise TypeError(f"expected {name} as a tensor or a list of tensors, got {type(value).__name__}")
+        pairs.append(tensors)
+    if len(pairs[0]) != len(pairs[1]) or not pairs[0]:
+        raise ValueError(f"expected two non-empty lists of one length, got {len(pairs[0])} and {len(pairs[1])}")
+    largest = 0.0
+    for x, y in zip(*pairs):
+        if x.shape != y.shape:
+            raise ValueError(f"expected tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        diff = x.detach().cpu().double() - y.detach().cpu().double()
+        largest = max(largest, float(diff.abs().max())) if diff.numel() else largest
+    return largest
