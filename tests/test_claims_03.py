@@ -135,6 +135,15 @@ def test_the_same_change_through_detach_raises_with_a_stable_message():
         assert str(caught.value) == SAVED_TENSOR_CHANGED[1]
 
 
+def test_an_update_under_no_grad_before_backward_raises_instead():
+    w = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    loss = (w**2).sum()
+    with torch.no_grad():
+        w.mul_(10)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
 # ---- section 4 -----------------------------------------------------------------------------------------------
 def test_the_tempting_mend_fails_on_the_second_sample():
     data, targets = legacy_problem()
@@ -153,6 +162,17 @@ def test_the_tempting_mend_fails_on_the_second_sample():
     assert type(W.grad_fn).__name__ == "SubBackward0"
     first = str(caught[0].message).split(". ")[0]
     assert first == "The .grad attribute of a Tensor that is not a leaf Tensor is being accessed"
+
+
+def test_after_the_tempting_mend_backward_runs_back_to_the_first_W():
+    data, targets = legacy_problem()
+    W0, b = start()
+    ((data[0] @ W0 + b - targets[0]) ** 2).sum().backward()
+    W = W0 - 0.05 * W0.grad
+    first = W0.grad.clone()
+    ((data[1] @ W + b - targets[1]) ** 2).sum().backward()
+    assert not W.is_leaf and W.grad_fn is not None
+    assert not torch.equal(W0.grad, first)  # the second loss reached the first W
 
 
 # ---- section 5 -----------------------------------------------------------------------------------------------
