@@ -1,0 +1,165 @@
+"""Checks for the exercises of notebook 02 (forgetting zero_grad).
+
+Each check works its expected answer out with torch, then prints a verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from utils.data import make_regression
+from utils.exercises import Verdict, as_number, call_learner_function, check_number, describe, verdict
+
+NUM_STEPS = 20
+
+
+def _third_grad(zero_grad: bool) -> tuple[float, list[float]]:
+    """Exercise 1's loop: w = 0, loss (w - 3)², SGD lr=0.1; return .grad at step 3 and each step's own g."""
+    w = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    own = []
+    for _ in range(3):
+        if zero_grad:
+            optimizer.zero_grad()
+        before = 0.0 if w.grad is None else float(w.grad)
+        ((w - 3) ** 2).backward()
+        own.append(float(w.grad) - before)
+        grad = float(w.grad)
+        optimizer.step()
+    return grad, own
+
+
+def check_grad_at_step_three(answer: Any) -> Verdict:
+    """Exercise 1: without zero_grad, what does `w.grad` hold after the third backward()?"""
+    grad, own = _third_grad(zero_grad=False)
+    with_zero_grad, own_with = _third_grad(zero_grad=True)
+    return check_number(
+        answer,
+        grad,
+        what="w.grad after the third backward() without zero_grad",
+        hint="add up the three gradients 2·(w - 3), each at the w that step started from",
+        mistakes=[
+            (own[2], f"{own[2]:g} is the third step's own gradient; .grad still holds the first two as well"),
+            (with_zero_grad, f"{with_zero_grad:g} is what a loop *with* zero_grad holds: one gradient only"),
+            (sum(own_with), f"{sum(own_with):g} adds the gradients of the loop *with* zero_grad; without it, "
+             "each step is longer (lr times the sum), so w moves further"),
+            (3 * own[0], f"{3 * own[0]:g} assumes w never moved; step() moves it after every backward()"),
+            (-grad, "right size, wrong sign: w is below 3, so the gradient 2·(w - 3) is negative"),
+        ],
+    )
+
+
+def _problem() -> tuple[torch.Tensor, torch.Tensor]:
+    data = make_regression(num_samples=16, num_features=1, seed=202, dtype=torch.float64)
+    return data.X, data.y
+
+
+def _fresh(optimizer_class: type, **options: Any) -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
+    model = torch.nn.Linear(1, 1, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+        model.bias.fill_(2.0)
+    return model, optimizer_class(model.parameters(), **options)
+
+
+def _reference(optimizer_class: type, zero_grad: bool, **options: Any) -> tuple[list[float], torch.Tensor]:
+    """Losses and final (w, b) of the loop, with or without zero_grad() at its start."""
+    X, y = _problem()
+    model, optimizer = _fresh(optimizer_class, **options)
+    losses = []
+    for _ in range(NUM_STEPS):
+        if zero_grad:
+            optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, _params(model)
+
+
+def _params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _as_losses(result: Any) -> list[float] | None:
+    if isinstance(result, torch.Tensor):
+        result = result.detach().flatten().tolist()
+    if not isinstance(result, (list, tuple)):
+        return None
+    numbers = [as_number(value) for value in result]
+    return None if any(n is None for n in numbers) else numbers
+
+
+def _close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-9)
+
+
+def check_train_loop(train_loop: Any) -> Verdict:
+    """Exercise 2: `train_loop(model, optimizer, X, y, num_steps)` trains correctly and returns the losses."""
+    what = "train_loop(model, optimizer, X, y, num_steps) trains and returns one loss per step"
+    X, y = _problem()
+    for optimizer_class, lr in ((torch.optim.SGD, 0.05), (torch.optim.Adam, 0.1)):
+        name = optimizer_class.__name__
+        right, right_params = _reference(optimizer_class, zero_grad=True, lr=lr)
+        forgot, _ = _reference(optimizer_class, zero_grad=False, lr=lr)
+        model, optimizer = _fresh(optimizer_class, lr=lr)
+        start = _params(model)
+        ok, result = call_learner_function(train_loop, model, optimizer, X, y, NUM_STEPS, what=what)
+        if not ok:
+            return result
+        if result is None:
+            return verdict(False, what, expected=f"a list of {NUM_STEPS} losses", got="None",
+                           hint="replace the ... with the loop, and return the list of losses (loss.item())")
+        losses = _as_losses(result)
+        if losses is None or len(losses) != NUM_STEPS:
+            return verdict(False, what, expected=f"a list of {NUM_STEPS} losses (floats)", got=describe(result),
+                           hint="append loss.item() once per step and return the list")
+        moved = not torch.equal(_params(model), start)
+        if not moved and len(set(losses)) == 1:
+            return verdict(False, what, expected="the parameters to move", got="they never moved",
+                           hint="zero_grad() between backward() and step() throws the gradient away before "
+                           "step() reads it: call it before backward() or after step()")
+        if _close(losses, forgot):
+            return verdict(False, what, expected=f"the losses of a correct loop ({name})",
+                           got="the losses of a loop that never clears .grad",
+                           hint="call optimizer.zero_grad() once per step, before backward() or after step()")
+        if not _close(losses, right) or not torch.allclose(_params(model), right_params, rtol=1e-6, atol=1e-9):
+            return verdict(False, what, expected=torch.tensor(right[:4]), got=torch.tensor(losses[:4]),
+                           hint=f"with {name}: zero_grad(), loss = loss_fn(model(X), y), backward(), step(); "
+                           "one step per iteration, the loss appended before the next one")
+    return verdict(True, what + ", with SGD and with Adam")
+
+
+def _sgd_run(zero_grad: bool, momentum: float, dampening: float) -> list[float]:
+    return _reference(torch.optim.SGD, zero_grad, lr=0.05, momentum=momentum, dampening=dampening)[0]
+
+
+def check_momentum_settings(answer: Any) -> Verdict:
+    """Exercise 3: which (momentum, dampening) make SGD in a correct loop retrace the loop without zero_grad?"""
+    what = "SGD(momentum, dampening) in a correct loop retraces the loop without zero_grad"
+    if answer is Ellipsis:
+        return verdict(False, what, hint="replace the ... with a pair of numbers: (momentum, dampening)")
+    pair = [as_number(v) for v in answer] if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
+    if pair is None or None in pair:
+        return verdict(False, what, expected="a pair of numbers (momentum, dampening), e.g. (0.5, 0.1)",
+                       got=describe(answer))
+    momentum, dampening = pair
+    forgot = _sgd_run(zero_grad=False, momentum=0.0, dampening=0.0)
+    try:
+        losses = _sgd_run(zero_grad=True, momentum=momentum, dampening=dampening)
+    except (ValueError, RuntimeError) as error:
+        return verdict(False, what, expected="settings torch.optim.SGD accepts", got=f"SGD said: {error}")
+    if _close(losses, forgot):
+        return verdict(True, what + f": momentum={momentum:g}, dampening={dampening:g}")
+    if momentum == 0:
+        hint = "momentum=0 is plain SGD: it keeps no history, while .grad keeps all of it"
+    elif momentum != 1:
+        hint = (f"momentum={momentum:g} scales the old sum by {momentum:g} every step: friction. "
+                ".grad forgets nothing")
+    else:
+        hint = (f"dampening={dampening:g} scales each new gradient by (1 - dampening) = {1 - dampening:g}; "
+                "backward() adds each one whole")
+    return verdict(False, what, expected=f"losses {[round(v, 4) for v in forgot[:3]]}, ...",
+                   got=f"losses {[round(v, 4) for v in losses[:3]]}, ...", hint=hint)
