@@ -1,0 +1,146 @@
+"""utils.measure: bytes saved for backward, gradient snapshots and their largest difference."""
+
+import pytest
+import torch
+from torch import nn
+
+from utils.device import get_device
+from utils.measure import SavedTensorMeter, grads, largest_difference
+
+device = get_device()
+
+
+def mlp(hidden: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, hidden), nn.Tanh(), nn.Linear(hidden, 1)).to(device)
+
+
+def test_counts_activations_and_leaves_out_the_parameters():
+    model = mlp()
+    X, y = torch.ones(8, 4, device=device), torch.zeros(8, 1, device=device)
+    with SavedTensorMeter(exclude=model) as meter:
+        nn.MSELoss()(model(X), y)
+    # input (8×4), tanh output (8×16, also the last layer's input), prediction and target (8×1 each)
+    assert meter.shapes == [(8, 4), (8, 16), (8, 1), (8, 1)]
+    assert meter.num_tensors == 4 and meter.num_bytes == 4 * 8 * (4 + 16 + 1 + 1)
+
+
+def test_parameters_count_when_not_excluded():
+    model = mlp()
+    X = torch.ones(8, 4, device=device)
+    with SavedTensorMeter() as everything:
+        model(X).sum()
+    with SavedTensorMeter(exclude=model.parameters()) as activations:
+        model(X).sum()
+    # the last weight is saved (as a transposed view) to pass the gradient on to the hidden
+    # layer; the first is not, because the input X needs no gradient
+    weights = 4 * 16
+    assert everything.num_bytes == activations.num_bytes + weights
+
+
+def test_each_storage_counts_once_and_a_view_counts_its_whole_storage():
+    x = torch.randn(10, 3, device=device, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        (x * x).sum()  # x is saved twice: one storage
+    assert meter.num_tensors == 1 and meter.num_bytes == 10 * 3 * 4
+    big = torch.randn(100, 3, device=device)
+    w = torch.randn(3, 1, device=device, requires_grad=True)
+    with SavedTensorMeter(exclude=[w]) as meter:
+        (big[:10] @ w).sum()  # a slice keeps all of `big` alive
+    assert meter.num_bytes == 100 * 3 * 4
+    with SavedTensorMeter(exclude=[w]) as meter:
+        (big[:10].clone() @ w).sum()
+    assert meter.num_bytes == 10 * 3 * 4
+
+
+def test_bytes_scale_with_the_batch_and_dtype():
+    model = mlp()
+    counts = []
+    for size in (1, 2, 4, 8, 16, 32):
+        with SavedTensorMeter(exclude=model) as meter:
+            nn.MSELoss()(model(torch.ones(size, 4, device=device)), torch.zeros(size, 1, device=device))
+        counts.append(meter.num_bytes)
+    assert counts == [88 * size for size in (1, 2, 4, 8, 16, 32)]
+    model64 = mlp().double()
+    with SavedTensorMeter(exclude=model64) as meter:
+        nn.MSELoss()(model64(torch.ones(8, 4, device=device, dtype=torch.float64)),
+                     torch.zeros(8, 1, device=device, dtype=torch.float64))
+    assert meter.num_bytes == 2 * counts[3]
+
+
+def test_nothing_is_counted_without_grad_or_after_the_block():
+    model = mlp()
+    with torch.no_grad(), SavedTensorMeter(exclude=model) as meter:
+        model(torch.ones(8, 4, device=device))
+    assert meter.num_bytes == 0 and meter.shapes == []
+    with SavedTensorMeter(exclude=model) as meter:
+        pass
+    model(torch.ones(8, 4, device=device)).sum()
+    assert meter.num_bytes == 0
+
+
+def test_backward_still_works_inside_and_after_and_a_meter_can_be_reused():
+    model = mlp()
+    meter = SavedTensorMeter(exclude=model)
+    for _ in range(2):
+        with meter:
+            loss = model(torch.ones(8, 4, device=device)).sum()
+            loss.backward()
+        assert meter.num_bytes == 4 * 8 * (4 + 16)
+    with pytest.raises(RuntimeError, match="already counting"):
+        with meter, meter:
+            pass
+
+
+@pytest.mark.parametrize("exclude", [5, ["weight"], [torch.ones(1), None]])
+def test_bad_exclude_is_a_clear_error(exclude):
+    with pytest.raises(TypeError, match="expected"):
+        SavedTensorMeter(exclude=exclude)
+
+
+def test_a_single_tensor_may_be_excluded():
+    w = torch.ones(3, 1, device=device, requires_grad=True)
+    with SavedTensorMeter(exclude=w) as meter:
+        (torch.ones(2, 3, device=device) @ w).sum()
+    assert meter.num_bytes == 2 * 3 * 4
+
+
+def test_grads_copies_and_fills_none_with_zeros():
+    model = mlp()
+    model[0].weight.requires_grad_(False)  # keeps .grad None
+    model(torch.ones(2, 4, device=device)).sum().backward()
+    snapshot = grads(model)
+    assert [g.shape for g in snapshot] == [p.shape for p in model.parameters()]
+    assert torch.count_nonzero(snapshot[0]) == 0
+    snapshot[1].add_(1.0)
+    assert not torch.equal(snapshot[1], model[0].bias.grad)  # a copy, not the .grad itself
+
+
+def test_grads_bad_input():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        grads([torch.ones(1)])
+    with pytest.raises(ValueError, match="call backward"):
+        grads(mlp())
+
+
+def test_largest_difference_is_exact_and_takes_lists_or_tensors():
+    a = torch.tensor([1.0, 2.0, 3.0])
+    b = torch.tensor([1.0, 2.5, 2.0])
+    assert largest_difference(a, b) == 1.0
+    assert largest_difference([a, a], [a, b]) == 1.0
+    one = torch.tensor([1.0], dtype=torch.float32)
+    nxt = torch.nextafter(one, torch.tensor([2.0]))
+    assert largest_difference(one, nxt) == torch.finfo(torch.float32).eps  # float64 keeps one ulp exactly
+    assert largest_difference(torch.ones(0), torch.ones(0)) == 0.0
+
+
+@pytest.mark.parametrize("a, b, error", [
+    ([1.0], [1.0], TypeError),
+    (torch.ones(2), "x", TypeError),
+    ([], [], ValueError),
+    ([torch.ones(2)], [torch.ones(2), torch.ones(2)], ValueError),
+    (torch.ones(2), torch.ones(3), ValueError),
+])
+def test_largest_difference_bad_input(a, b, error):
+    with pytest.raises(error, match="expected"):
+        largest_difference(a, b)
