@@ -4,21 +4,23 @@
 `torch.multiprocessing.start_processes` (forked by a forkserver that imported torch once,
 where there is one; spawned on Windows), joins them into one gloo process group on
 127.0.0.1 and a free port, calls `worker(rank, world_size, *args)` in each and returns what
-each rank returned.
-A worker that raises, a process that dies or a job that hangs ends in a clear error naming
-the rank; every rank is stopped and joined before `run_job` returns or raises. (The
-forkserver, like multiprocessing's resource tracker, stays for the next job and exits with
-the notebook's kernel.)
+each rank returned. A worker that raises, a process that dies or a job that hangs ends in
+a clear error naming the rank; every rank is stopped and joined before `run_job` returns or
+raises. (The forkserver, like multiprocessing's resource tracker, stays for the next job
+and exits with the notebook's kernel.)
 """
 
 from __future__ import annotations
 
 import importlib
+import multiprocessing.connection
 import os
 import pickle
+import signal
 import socket
 import tempfile
 import time
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
@@ -63,12 +65,15 @@ def _check_worker(worker: Any) -> None:
     if not callable(worker):
         raise TypeError(f"expected the worker as a function, got {type(worker).__name__}")
     module, name = getattr(worker, "__module__", None), getattr(worker, "__qualname__", "")
-    hint = ("a spawned process starts a fresh Python that imports the worker by name, so it "
-            "must be a top-level function of an importable module (put it in a .py file, "
-            "e.g. utils/distributed.py, and import it)")
+    hint = ("the worker processes did not run your notebook: they import the function by "
+            "name, so it must be a top-level function of an importable module (put it in a "
+            ".py file, e.g. utils/distributed.py, and import it from there)")
     if module in (None, "__main__") or "<" in name:
         raise ValueError(f"cannot send {name or worker!r} from {module} to a worker process: {hint}")
-    found = importlib.import_module(module)
+    try:
+        found = importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(f"the module {module} of {name} does not import ({error}): {hint}") from None
     for part in name.split("."):
         found = getattr(found, part, None)
     if found is not worker:
@@ -94,7 +99,7 @@ def _check_args(world_size: Any, args: Any, timeout: Any, port: Any) -> None:
 
 def _entry(rank: int, worker: Callable, world_size: int, port: int, folder: str, args: tuple,
            timeout: float) -> None:
-    """Run in each spawned process: join the group, run the worker, save its result."""
+    """Run in each started process: join the group, run the worker, save its result."""
     out = Path(folder)
     log = os.open(out / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)  # the notebook must not show the workers' (changing) messages
@@ -109,6 +114,7 @@ def _entry(rank: int, worker: Callable, world_size: int, port: int, folder: str,
         torch.save(result, out / f"rank{rank}.pt")
         dist.barrier()  # without it, a rank may tear down while its peer still talks
     except BaseException as error:
+        (out / f"rank{rank}.traceback").write_text(traceback.format_exc())
         (out / f"rank{rank}.error").write_text(f"{type(error).__name__}: {error}".strip())
         raise
     finally:
@@ -129,6 +135,51 @@ def _stop(processes: list) -> None:
 
 class _PortTaken(Exception):
     pass
+
+
+def _wait(processes: list, deadline: float, timeout: float) -> int | None:
+    """Wait until every rank ended well (None), or one failed: return that rank."""
+    pending = {process.sentinel: rank for rank, process in enumerate(processes)}
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            alive = [r for r, p in enumerate(processes) if p.is_alive()]
+            raise TimeoutError(
+                f"the job did not finish within {timeout:g} s; rank(s) {alive} still running (a "
+                "rank waiting in a collective that another rank never joins waits like this). "
+                "All its processes were stopped; pass a larger timeout= if the job is only slow.")
+        for sentinel in multiprocessing.connection.wait(list(pending), timeout=min(left, 1.0)):
+            rank = pending.pop(sentinel)
+            processes[rank].join()
+            if processes[rank].exitcode != 0:
+                return rank
+    return None
+
+
+def _how(exitcode: int) -> str:
+    if exitcode >= 0:
+        return f"exit code {exitcode}"
+    try:
+        return f"signal {signal.Signals(-exitcode).name}"
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def _diagnose(folder: Path, processes: list, ended_alone: list[int]) -> Exception:
+    """Name the failure's cause: a rank that died outright, else the rank whose error came first."""
+    for rank in ended_alone:  # a crash is a cause; its peers' errors ('connection reset') follow
+        code = processes[rank].exitcode
+        if code != 0 and not (folder / f"rank{rank}.error").exists():
+            return WorkerError(f"rank {rank} died without a Python error ({_how(code)}); the job "
+                               "was stopped", rank)
+    first = _first_error(folder, len(processes))
+    if first is None:
+        return WorkerError("a rank was stopped before it could report; the job was stopped", 0)
+    rank, what = first
+    if "address already in use" in what.lower():
+        return _PortTaken()
+    trace = (folder / f"rank{rank}.traceback").read_text()
+    return WorkerError(f"rank {rank} raised {what}; the job was stopped", rank, trace)
 
 
 def _first_error(folder: Path, world_size: int) -> tuple[int, str] | None:
@@ -167,29 +218,19 @@ def _run_once(worker: Callable, world_size: int, args: tuple, timeout: float, po
         folder = Path(name)
         context = mp.start_processes(_entry, args=(worker, world_size, port, name, args, timeout),
                                      nprocs=world_size, join=False, start_method=_start_method(worker))
-        deadline = time.monotonic() + timeout
         try:
-            while not context.join(timeout=max(0.0, min(0.5, deadline - time.monotonic())),
-                                   grace_period=1.0):
-                if time.monotonic() >= deadline:
-                    alive = [r for r, p in enumerate(context.processes) if p.is_alive()]
-                    raise TimeoutError(
-                        f"the job did not finish within {timeout:g} s; rank(s) {alive} still "
-                        "running (a rank waiting in a collective that another rank never joins "
-                        "waits like this). All its processes were stopped; pass a larger "
-                        "timeout= if the job is only slow.")
-        except (mp.ProcessRaisedException, mp.ProcessExitedException) as error:
-            first = _first_error(folder, world_size)
-            if first is not None and "address already in use" in first[1].lower():
-                raise _PortTaken from None
-            if first is None:
-                raise WorkerError(f"rank {error.error_index} died without raising a Python error "
-                                  f"({error.msg}); the job was stopped", error.error_index) from None
-            rank, what = first
-            trace = error.msg if isinstance(error, mp.ProcessRaisedException) else ""
-            raise WorkerError(f"rank {rank} raised {what}; the job was stopped", rank, trace) from None
+            failed = _wait(context.processes, time.monotonic() + timeout, timeout)
+            if failed is not None:
+                grace = time.monotonic() + 1.0  # let the others end by themselves, then stop them
+                while any(p.is_alive() for p in context.processes) and time.monotonic() < grace:
+                    time.sleep(0.05)
+                ended_alone = [r for r, p in enumerate(context.processes) if not p.is_alive()]
+                _stop(context.processes)
+                raise _diagnose(folder, context.processes, ended_alone)
         finally:
             _stop(context.processes)
+            for path in context.error_files:  # torch.multiprocessing's copies of tracebacks
+                Path(path).unlink(missing_ok=True)
         missing = [r for r in range(world_size) if not (folder / f"rank{r}.pt").exists()]
         if missing:
             raise WorkerError(f"rank(s) {missing} ended without a result", missing[0])

@@ -1,0 +1,103 @@
+"""utils.distributed and plot_counts: the plumbing of notebook 05's job, without starting processes."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from utils.distributed import (
+    JobConfig,
+    course_job,
+    make_data,
+    make_model,
+    micro_batch,
+    micro_batch_rows,
+    params_close,
+)
+from utils.plotting import plot_counts
+
+
+@settings(max_examples=60, deadline=None)
+@given(world_size=st.integers(1, 8), train_batch_size=st.integers(1, 6),
+       gradient_accumulation_steps=st.integers(1, 6), num_steps=st.integers(1, 3))
+def test_each_step_uses_its_effective_batch_of_rows_exactly_once(world_size, train_batch_size,
+                                                                  gradient_accumulation_steps, num_steps):
+    config = JobConfig(world_size=world_size, train_batch_size=train_batch_size,
+                       gradient_accumulation_steps=gradient_accumulation_steps, num_steps=num_steps)
+    effective = config.effective_batch_size
+    assert effective == world_size * train_batch_size * gradient_accumulation_steps
+    for step in range(num_steps):
+        rows = [row for micro_step in range(gradient_accumulation_steps) for rank in range(world_size)
+                for row in micro_batch_rows(step, micro_step, rank, config)]
+        assert sorted(rows) == list(range(step * effective, (step + 1) * effective))
+
+
+def test_micro_batch_returns_those_rows():
+    config = JobConfig(world_size=2, train_batch_size=4, gradient_accumulation_steps=4, num_steps=3)
+    X, y = make_data(config)
+    assert X.shape == (96, 4) and y.shape == (96, 1) and X.dtype == torch.float64
+    X_micro, y_micro = micro_batch(X, y, 1, 2, 1, config)
+    assert list(micro_batch_rows(1, 2, 1, config)) == [52, 53, 54, 55]
+    assert torch.equal(X_micro, X[52:56]) and torch.equal(y_micro, y[52:56])
+
+
+def test_model_and_data_are_the_same_on_every_call():
+    config = JobConfig()
+    first, second = make_model(config), make_model(config)
+    assert all(p.dtype == torch.float64 for p in first.parameters())
+    assert all(map(torch.equal, first.parameters(), second.parameters()))
+    assert not all(map(torch.equal, first.parameters(), make_model(JobConfig(seed=1)).parameters()))
+    assert all(map(torch.equal, make_data(config), make_data(config)))
+
+
+def test_params_close_compares_lists_of_tensors():
+    a = [torch.ones(2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)]
+    assert params_close(a, [t + 1e-12 for t in a])
+    assert not params_close(a, [t + 1e-3 for t in a])
+    assert not params_close(a, a[:1])
+    with pytest.raises(TypeError, match="first argument as a list of tensors, got Tensor"):
+        params_close(a[0], a)
+    with pytest.raises(TypeError, match="second argument as a list of tensors"):
+        params_close(a, [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [({"world_size": 0}, "world_size as an int >= 1"), ({"train_batch_size": 2.5}, "train_batch_size"),
+     ({"gradient_accumulation_steps": True}, "gradient_accumulation_steps"), ({"lr": 0}, "lr as a number > 0"),
+     ({"lr": "0.1"}, "lr as a number > 0")],
+)
+def test_bad_config_is_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        JobConfig(**kwargs)
+
+
+def test_course_job_refuses_a_world_size_other_than_its_config():
+    with pytest.raises(ValueError, match="config.world_size is 2; start it with world_size=config.world_size"):
+        course_job(0, 4, JobConfig(world_size=2))
+
+
+def test_plot_counts_draws_hatched_labelled_bars():
+    _, ax = plt.subplots()
+    assert plot_counts({"a": 12, "b": 3, "c": 1.5}, ax=ax) is ax
+    assert [bar.get_height() for bar in ax.patches] == [12, 3, 1.5]
+    assert len({bar.get_hatch() for bar in ax.patches}) == 3
+    assert [t.get_text() for t in ax.texts] == ["12", "3", "1.5"]
+    plt.close("all")
+
+
+@pytest.mark.parametrize(
+    "counts, words",
+    [({}, "non-empty dict"), ([12, 3], "non-empty dict"), ({"a": "12"}, "count as a number, got '12' for 'a'"),
+     ({"a": True}, "count as a number")],
+)
+def test_plot_counts_refuses_bad_input(counts, words):
+    with pytest.raises(TypeError, match=words):
+        plot_counts(counts)
+    with pytest.raises(TypeError, match="matplotlib Axes"):
+        plot_counts({"a": 1}, ax="axes")
