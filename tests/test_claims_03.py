@@ -341,8 +341,8 @@ def big_model():
         torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
         torch.nn.Linear(1024, 1024),
     ).to(device)
-    X = torch.randn(16, 1024, generator=gen).to(device)
-    y = torch.randn(16, 1024, generator=gen).to(device)
+    X = torch.randn(8, 1024, generator=gen).to(device)
+    y = torch.randn(8, 1024, generator=gen).to(device)
     return model, X, y, torch.optim.SGD(model.parameters(), lr=0.01)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from utils.data import make_regression
-from utils.exercises import Verdict, check_number, describe, verdict
 from utils.device import make_generator
+from utils.exercises import Verdict, check_number, describe, verdict
 
 # Exercise 3: optimizers not in the notebook's table, each with lr=0.1.
 CANDIDATES: dict[str, Callable[..., torch.optim.Optimizer]] = {
