@@ -204,7 +204,7 @@ class ZeroGradGuard:
             optimizer.register_step_post_hook(self._after_step),
             register_optimizer_step_post_hook(self._after_any_step),
         ]
-        self._attach_new_params()
+        self._attach_new_params(at_start=True)
 
     # -- the context manager -------------------------------------------------------------
     def __enter__(self) -> ZeroGradGuard:
@@ -228,16 +228,17 @@ class ZeroGradGuard:
         self._report(stale=[], total=len(self._records), step=self.steps, after_last=True)
 
     # -- hooks ---------------------------------------------------------------------------
-    def _attach_new_params(self) -> None:
+    def _attach_new_params(self, at_start: bool = False) -> None:
+        """Hook every parameter that requires grad: at the start, or added or unfrozen later."""
         for group in self.optimizer.param_groups:
             for p in group["params"]:
                 if id(p) in self._records or not p.requires_grad:
                     continue
                 name = self._names.get(id(p), f"a parameter of shape {tuple(p.shape)}")
                 record = _Record(p, name, len(self._records))
-                if p.grad is not None:  # gradients already there are old to this guard
+                if p.grad is not None:  # there at the start: old; added later: taken as they are
                     record.see(p.grad)
-                    record.old = _UNCONFIRMED
+                    record.old = _UNCONFIRMED if at_start else False
                 self._records[id(p)] = record
                 self._param_handles += [
                     p.register_hook(partial(self._before_accumulate, record)),
