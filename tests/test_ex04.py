@@ -196,3 +196,12 @@ def test_exercise_3_other_wrong_answers_show_expected_and_got(capsys):
     assert not ex04.check_token_loss(lambda lo, la, n: lo.sum() / n)
     out = capsys.readouterr().out
     assert "expected: tensor([" in out and "got:      tensor([" in out
+
+
+def test_checks_leave_the_global_random_state_alone():
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    ex04.check_accumulation_loop(train_with_accumulation)
+    ex04.check_token_loss(sum_over_step_tokens)
+    assert torch.equal(torch.rand(3), expected)

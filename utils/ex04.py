@@ -53,7 +53,8 @@ def check_optimizer_steps(answer: Any) -> Verdict:
 
 def _regression_setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
     data = make_regression(num_samples=48, num_features=3, seed=104, dtype=torch.float64)
-    model = nn.Linear(3, 1).double()
+    with torch.random.fork_rng(devices=[]):  # leave the learner's random state alone
+        model = nn.Linear(3, 1).double()
     with torch.no_grad():
         model.weight.copy_(torch.linspace(-1.0, 1.0, 3, dtype=torch.float64))
         model.bias.fill_(0.5)
@@ -135,7 +136,8 @@ def check_accumulation_loop(train_with_accumulation: Any) -> Verdict:
 def _token_setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     inputs, labels = make_token_sequences(num_sequences=8, max_len=10, num_features=3, vocab_size=4,
                                           seed=105, dtype=torch.float64)
-    model = nn.Linear(3, 4).double()
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Linear(3, 4).double()
     with torch.no_grad():
         model.weight.copy_(torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(4, 3))
         model.bias.zero_()
