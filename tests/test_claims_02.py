@@ -100,7 +100,7 @@ def test_section3_forgotten_loop_is_sgd_with_momentum_one_bit_for_bit(dtype):
 
 
 def test_section3_momentum_one_bit_for_bit_at_the_small_learning_rate_too():
-    assert train(SGD, 0.001, 3000, zero_grad=False)[0] == train(SGD, 0.001, 3000, momentum=1.0)[0]
+    assert train(SGD, 0.001, 2000, zero_grad=False)[0] == train(SGD, 0.001, 2000, momentum=1.0)[0]
 
 
 def test_section4_correct_loop_settles_at_the_minimum_and_forgotten_one_never_does(runs):
@@ -132,12 +132,13 @@ def test_section4_the_drawn_surface_is_the_loss_of_the_model():
 
 
 def test_section5_a_short_run_hides_the_bug():
-    with_zero_grad, _ = train(SGD, 0.001, 3000)
-    without, _ = train(SGD, 0.001, 3000, zero_grad=False)
-    at = {step: (with_zero_grad[step - 1], without[step - 1]) for step in (30, 100, 300, 1000, 3000)}
+    with_zero_grad, _ = train(SGD, 0.001, 2000)
+    without, _ = train(SGD, 0.001, 2000, zero_grad=False)
+    at = {step: (with_zero_grad[step - 1], without[step - 1]) for step in (30, 100, 300, 1000, 2000)}
     assert [b < a for a, b in at.values()] == [True, True, True, False, False]
     assert 8 < at[100][0] / at[100][1] < 10  # "about 9 times lower" at step 100
-    assert 300 < at[3000][1] / at[3000][0] < 400  # "350 times higher" at step 3000
+    assert 550 < at[2000][1] / at[2000][0] < 650  # "600 times higher" at step 2000
+    assert with_zero_grad[-1] < 1.5 * lowest_loss() < without[-1]  # one nearly settled, one not
 
 
 def test_section6_sgd_swings_keep_one_size_adams_grow_wider_and_slower(runs):
@@ -155,6 +156,7 @@ def test_section6_sgd_swings_keep_one_size_adams_grow_wider_and_slower(runs):
     crossings = [t for t in range(1, len(side)) if side[t] != side[t - 1]]
     gaps = [b - a for a, b in zip(crossings, crossings[1:])]
     assert len(crossings) >= 4 and all(a < b for a, b in zip(gaps, gaps[1:]))
+    assert gaps == [58, 69, 83]  # as the notebook's prose says
 
 
 def train_zeroing(where, optimizer_class, lr, num_steps=50, set_to_none=True):
@@ -196,7 +198,7 @@ def test_section8_model_and_optimizer_zero_grad_agree_when_they_hold_the_same_pa
         assert all(p.grad is None for p in model.parameters())
 
 
-def train_two_optimizers(zero_grad, num_steps=300):
+def train_two_optimizers(zero_grad, num_steps=200):
     X, y = problem()
     model = make_model()
     optimizers = [SGD([model.weight], lr=0.05), SGD([model.bias], lr=0.05)]
@@ -216,8 +218,8 @@ def test_section8_clearing_one_of_two_optimizers_leaves_the_bias_swinging():
     weight_only = train_two_optimizers(lambda m, opts: opts[0].zero_grad())[-100:]
     whole_model = train_two_optimizers(lambda m, opts: m.zero_grad())[-100:]
     each = train_two_optimizers(lambda m, opts: [o.zero_grad() for o in opts])[-100:]
-    assert max(weight_only) > 5.0 and min(weight_only) > lowest  # printed: 0.0154 to 5.3255
-    assert max(whole_model) - lowest < 1e-9 and whole_model == each
+    assert max(weight_only) > 1.0 and min(weight_only) > lowest
+    assert max(whole_model) - lowest < 1e-5 and whole_model == each  # settled (printed: 0.0105)
 
 
 def test_section8_model_zero_grad_misses_a_tensor_outside_the_model():
@@ -258,3 +260,16 @@ def test_section9_zero_grad_leaves_the_momentum_buffer_and_adams_state_untouched
     before = {name: value.clone() for name, value in state.items()}
     optimizer.zero_grad()
     assert all(torch.equal(before[name], state[name]) for name in state)
+
+
+def test_section6_adams_running_sum_grows_as_the_swings_grow():
+    X, y = problem()
+    model = make_model()
+    optimizer = Adam(model.parameters(), lr=0.1)
+    sizes = []
+    for _ in range(300):  # no zero_grad()
+        torch.nn.functional.mse_loss(model(X), y).backward()
+        optimizer.step()
+        sizes.append(model.weight.grad.abs().item())
+    largest = [max(sizes[i : i + 100]) for i in (0, 100, 200)]
+    assert largest[0] < largest[1] < largest[2]  # 117, 207, 341
