@@ -351,6 +351,15 @@ def zero_inside_accumulation_window(m, o):
             o.step()
 
 
+def assigned_gradients_cleared_before_step(m, o):
+    params = list(m.parameters())
+    for i in range(3):
+        for p, g in zip(params, torch.autograd.grad(m.loss(i), params)):
+            p.grad = g
+        o.zero_grad()
+        o.step()
+
+
 def zero_after_last_backward_without_step(m, o):
     zero_first(m, o)
     m.loss(99).backward()
@@ -370,6 +379,7 @@ BUGGY = [
     (zero_in_place_between_backward_and_step, [DISCARDED] * 4, 1, NAMES),
     (grad_none_by_hand_between_backward_and_step, [DISCARDED] * 4, 1, NAMES),
     (zero_inside_accumulation_window, [DISCARDED] * 4, 1, NAMES),
+    (assigned_gradients_cleared_before_step, [DISCARDED] * 3, 1, NAMES),
     (zero_after_last_backward_without_step, [DISCARDED], 4, NAMES),
 ]
 
@@ -507,6 +517,7 @@ def test_names_fall_back_to_the_position_in_param_groups():
     (lambda m: m, "got the model (TwoHeads); pass the optimizer that updates it"),
     (lambda m: m.body.weight, "got a Parameter; pass the optimizer"),
     (lambda m: None, "got NoneType; pass the optimizer itself"),
+    (lambda m: "SGD", "got str; pass the optimizer itself"),
     (lambda m: torch.optim.SGD, "got type"),
 ])
 def test_bad_input_says_to_pass_the_optimizer(bad, words):

@@ -16,8 +16,10 @@ guard also watches every parameter's `.grad` at the moments that matter:
 Each parameter's record says whether `.grad` still holds contributions from before the last
 step ("old") and how many accumulations since then it holds ("new"). A step that would use
 old contributions gets a `StaleGradientWarning`; new contributions cleared before a step used
-them give a `DiscardedGradientWarning`. Content is read only when a tensor changed or may hold
-old contributions, through a max-abs reduction that is evaluated lazily where it can be.
+them give a `DiscardedGradientWarning`. Values are read only when a tensor changed or may hold
+old contributions; after each accumulation one `torch.aminmax` pass records whether `.grad` is
+all zeros (or not finite), read only if those contributions are later found cleared, so that
+clearing a gradient that was zero anyway (or inf after a GradScaler overflow) stays silent.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ __all__ = ["DiscardedGradientWarning", "Finding", "StaleGradientWarning", "ZeroG
 
 _UNCONFIRMED = None  # `old` after a step: the content may be old; confirmed when first needed
 _SKIP_DIRS = (str(Path(__file__).resolve()), str(Path(torch.__file__).resolve().parent))
+Extremes = tuple[Any, Any]  # (smallest, largest) entry: 0-dim tensors not yet read, or floats
+_NONZERO: Extremes = (1.0, 1.0)  # for a gradient assigned by hand, known not to be all zeros
 
 
 class ZeroGradWarning(UserWarning):
@@ -82,9 +86,6 @@ class _Record:
         self.version = grad._version
 
 
-Extremes = tuple[torch.Tensor, torch.Tensor]
-
-
 def _extremes(grad: torch.Tensor) -> Extremes:
     """The smallest and largest entry of a gradient, as 0-dim tensors not yet read (one pass)."""
     values = (grad._values() if grad.is_sparse else grad).detach()
@@ -122,7 +123,7 @@ def _check_optimizer(optimizer: Any) -> None:
                 "ZeroGradGuard(optimizer, model=model)")
     elif isinstance(optimizer, torch.Tensor):
         hint = f"got a {got}; pass the optimizer that updates it: ZeroGradGuard(optimizer)"
-    elif isinstance(optimizer, (Iterable, dict)):
+    elif isinstance(optimizer, Iterable) and not isinstance(optimizer, (str, bytes)):
         hint = (f"got {got}, perhaps model.parameters() or a list of tensors; pass the optimizer "
                 "itself: ZeroGradGuard(optimizer), where optimizer = torch.optim.SGD(model.parameters(), ...)")
     else:
@@ -280,7 +281,7 @@ class ZeroGradGuard:
             self._cleared(record, where)
         else:  # new content from the user (e.g. torch.autograd.grad, then p.grad = g)
             record.old, record.new = False, max(record.new, 1)
-            record.new_max = (torch.ones(()), torch.ones(()))
+            record.new_max = _NONZERO
             record.foreign_at = self._foreign_steps
 
     def _cleared(self, record: _Record, where: str) -> None:
