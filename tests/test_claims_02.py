@@ -100,7 +100,7 @@ def test_section3_forgotten_loop_is_sgd_with_momentum_one_bit_for_bit(dtype):
 
 
 def test_section3_momentum_one_bit_for_bit_at_the_small_learning_rate_too():
-    assert train(SGD, 0.001, 2000, zero_grad=False)[0] == train(SGD, 0.001, 2000, momentum=1.0)[0]
+    assert train(SGD, 0.001, 1500, zero_grad=False)[0] == train(SGD, 0.001, 1500, momentum=1.0)[0]
 
 
 def test_section4_correct_loop_settles_at_the_minimum_and_forgotten_one_never_does(runs):
@@ -132,13 +132,13 @@ def test_section4_the_drawn_surface_is_the_loss_of_the_model():
 
 
 def test_section5_a_short_run_hides_the_bug():
-    with_zero_grad, _ = train(SGD, 0.001, 2000)
-    without, _ = train(SGD, 0.001, 2000, zero_grad=False)
-    at = {step: (with_zero_grad[step - 1], without[step - 1]) for step in (30, 100, 300, 1000, 2000)}
+    with_zero_grad, _ = train(SGD, 0.001, 1500)
+    without, _ = train(SGD, 0.001, 1500, zero_grad=False)
+    at = {step: (with_zero_grad[step - 1], without[step - 1]) for step in (30, 100, 300, 1000, 1500)}
     assert [b < a for a, b in at.values()] == [True, True, True, False, False]
     assert 8 < at[100][0] / at[100][1] < 10  # "about 9 times lower" at step 100
-    assert 550 < at[2000][1] / at[2000][0] < 650  # "600 times higher" at step 2000
-    assert with_zero_grad[-1] < 1.5 * lowest_loss() < without[-1]  # one nearly settled, one not
+    assert 190 < at[1500][1] / at[1500][0] < 230  # "200 times higher" at step 1500
+    assert with_zero_grad[-1] < with_zero_grad[-2]  # "the correct loop is still improving"
 
 
 def test_section6_sgd_swings_keep_one_size_adams_grow_wider_and_slower(runs):
