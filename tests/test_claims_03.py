@@ -353,15 +353,19 @@ def test_zeros_keep_the_buffer_none_keeps_the_computed_gradient(big_model):
     for name, p in model.named_parameters():
         p.register_hook(lambda grad, name=name: computed.__setitem__(name, grad.data_ptr()))
     torch.nn.functional.mse_loss(model(X), y).backward()
+    grads = {}
     for set_to_none in (False, True):
         optimizer.zero_grad(set_to_none=set_to_none)
         kept = {name: p.grad for name, p in model.named_parameters()}
         torch.nn.functional.mse_loss(model(X), y).backward()
+        grads[set_to_none] = [p.grad.clone() for p in model.parameters()]
         for name, p in model.named_parameters():
             assert (p.grad is kept[name]) is (not set_to_none), name
             assert (p.grad.data_ptr() == computed[name]) is set_to_none, name
             if not set_to_none:
                 assert p.grad.data_ptr() == kept[name].data_ptr()
+    for zeros, nones in zip(grads[False], grads[True]):  # zeros + computed == computed
+        torch.testing.assert_close(zeros, nones)
 
 
 def test_zeros_hold_12_6_megabytes_none_holds_nothing(big_model):
