@@ -2,7 +2,8 @@
 #   make lab       open JupyterLab at notebook 01
 #   make test      unit and claim tests, then strict nbval over every notebook
 #   make execute   re-run notebooks in place (all, or NB=notebooks/01-....ipynb)
-#   make bench     each notebook's nbval time as a ratio to the floor (import torch)
+#   make bench     each notebook's nbval time as a ratio to the floor (import torch),
+#                  then the zero_grad checker's overhead per training step (make bench-guard)
 #   make test-threads  strict nbval with OMP_NUM_THREADS=1, then 2
 #   make test-launch   Binder configuration and JupyterLab in Chromium (needs /usr/bin/chromium)
 #   make test-gpu      strict nbval with the device forced to CUDA
@@ -17,7 +18,7 @@ FIRST := notebooks/01-gradients-accumulate.ipynb
 NB ?= $(sort $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb))
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup lab test test-unit test-notebooks test-threads test-launch test-gpu execute bench clean
+.PHONY: setup lab test test-unit test-notebooks test-threads test-launch test-gpu execute bench bench-guard clean
 
 setup: $(STAMP)
 
@@ -66,6 +67,10 @@ execute: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/benchmark.py $(NB)
+	$(PY) tests/bench_guard.py
+
+bench-guard: $(STAMP)
+	$(PY) tests/bench_guard.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
