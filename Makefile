@@ -64,6 +64,7 @@ execute: $(STAMP)
 	  --ClearMetadataPreprocessor.clear_notebook_metadata=False \
 	  --ClearMetadataPreprocessor.preserve_cell_metadata_mask=tags \
 	  $(NB)
+	$(PY) tests/tidy_tracebacks.py $(NB)
 
 bench: $(STAMP)
 	$(PY) tests/benchmark.py $(NB)
