@@ -29,8 +29,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# default_url: both the browser it opens and the URL it prints (with the token) land on notebook 01
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG) $(FIRST)
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG) --LabApp.default_url=/lab/tree/$(FIRST)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/launch
