@@ -24,7 +24,7 @@ from utils.guard import ZeroGradGuard
 
 # (label, layer widths, batch size, optimizer, zero_grad's set_to_none)
 CASES = [
-    ("notebook 06 size: 3-8-1, batch 8, SGD", (3, 8, 1), 8, "SGD", True),
+    ("notebook 08 size: 3-8-1, batch 8, SGD", (3, 8, 1), 8, "SGD", True),
     ("64-256-256-1, batch 64, SGD", (64, 256, 256, 1), 64, "SGD", True),
     ("64-256-256-1, batch 64, Adam", (64, 256, 256, 1), 64, "Adam", True),
     ("64-256-256-1, batch 64, Adam, set_to_none=False", (64, 256, 256, 1), 64, "Adam", False),

@@ -1,4 +1,4 @@
-"""utils.distributed and plot_counts: the plumbing of notebook 05's job, without starting processes."""
+"""utils.distributed and plot_counts: the plumbing of notebook 07's job, without starting processes."""
 
 import matplotlib
 

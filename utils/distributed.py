@@ -1,4 +1,4 @@
-"""What each process of notebook 05's job runs: DDP with gradient accumulation, on gloo.
+"""What each process of notebook 07's job runs: DDP with gradient accumulation, on gloo.
 
 Spawned processes import their code by name, so it lives here rather than in the notebook.
 `course_job` is the one job the notebook starts (with `utils.launcher.run_job`): it trains
@@ -23,7 +23,7 @@ HIDDEN = 8
 
 @dataclass(frozen=True)
 class JobConfig:
-    """The sizes of notebook 05's job; every process gets the same one."""
+    """The sizes of notebook 07's job; every process gets the same one."""
 
     world_size: int = 2
     train_batch_size: int = 4
@@ -128,7 +128,7 @@ def train(rank: int, config: JobConfig, use_no_sync: bool,
 
 
 def course_job(rank: int, world_size: int, config: JobConfig) -> dict:
-    """Notebook 05's whole job in one start: a first all-reduce, then three training runs."""
+    """Notebook 07's whole job in one start: a first all-reduce, then three training runs."""
     if world_size != config.world_size:
         raise ValueError(f"the job runs on {world_size} processes but config.world_size is "
                          f"{config.world_size}; start it with world_size=config.world_size")
@@ -147,7 +147,7 @@ def course_job(rank: int, world_size: int, config: JobConfig) -> dict:
 
 
 def params_close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
-    """Say whether two lists of parameters agree, by `torch.testing.assert_close` (notebook 05)."""
+    """Say whether two lists of parameters agree, by `torch.testing.assert_close` (notebook 07)."""
     for name, params in (("first", a), ("second", b)):
         if not isinstance(params, (list, tuple)) or not all(isinstance(p, torch.Tensor) for p in params):
             raise TypeError(f"expected the {name} argument as a list of tensors, got {type(params).__name__}")

@@ -1,4 +1,4 @@
-"""ZeroGradGuard: a warning when a training loop forgets or misplaces `zero_grad()` (notebook 06).
+"""ZeroGradGuard: a warning when a training loop forgets or misplaces `zero_grad()` (notebook 08).
 
     with ZeroGradGuard(optimizer):        # or guard = ZeroGradGuard(optimizer); ...; guard.remove()
         train(model, optimizer, data)     # the loop, unchanged
@@ -177,7 +177,7 @@ class ZeroGradGuard:
     several backward() calls per step, in-place clipping or unscaling, parameters without a
     gradient on some steps. `model=` names parameters in warnings (else they are looked up).
     At most `max_warnings` warnings of each class (None: no limit); `findings` keeps them all.
-    Used by notebook 06 and `utils.ex06`.
+    Used by notebook 08 and `utils.ex08`.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None, *,

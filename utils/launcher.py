@@ -1,4 +1,4 @@
-"""Start a real `torch.distributed` job on this machine, from a notebook (notebook 05).
+"""Start a real `torch.distributed` job on this machine, from a notebook (notebook 07).
 
 `run_job(worker, world_size=2, args=(...))` starts `world_size` processes with
 `torch.multiprocessing.start_processes` (forked by a forkserver that imported torch once,
@@ -200,7 +200,7 @@ def _start_method(worker: Callable) -> str:
 
 
 def warm_up(worker: Callable) -> None:
-    """Start, in the background, the server process that will fork the ranks (notebook 05).
+    """Start, in the background, the server process that will fork the ranks (notebook 07).
 
     It imports torch and the worker's module once, while the notebook goes on, so that a
     later `run_job(worker, ...)` starts its processes in a fraction of a second. Where the
@@ -241,7 +241,7 @@ def run_job(worker: Callable, world_size: int = 2, *, args: tuple = (), timeout:
             port: int | None = None) -> list:
     """Run `worker(rank, world_size, *args)` in `world_size` gloo processes; return each rank's result.
 
-    Used by notebook 05. `port=None` picks a free port (and another one if it was taken in
+    Used by notebook 07. `port=None` picks a free port (and another one if it was taken in
     the meantime); a given port that is busy is an error. Raises WorkerError naming the rank
     when a worker raises or dies, TimeoutError after `timeout` seconds.
     """

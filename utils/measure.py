@@ -1,4 +1,4 @@
-"""Measure what training keeps: bytes saved for backward, and gradients to compare (notebook 04).
+"""Measure what training keeps: bytes saved for backward, and gradients to compare (notebook 05).
 
 `SavedTensorMeter` counts the tensors a forward pass saves for `backward()` (activations),
 through `torch.autograd.graph.saved_tensors_hooks`. It counts each distinct storage once and
@@ -20,7 +20,7 @@ def _storage_key(tensor: torch.Tensor) -> tuple[str, int]:
 
 
 class SavedTensorMeter:
-    """Count the bytes autograd saves for backward inside a `with` block (notebook 04).
+    """Count the bytes autograd saves for backward inside a `with` block (notebook 05).
 
     `exclude` is the model (its parameters and buffers are left out) or a list of tensors.
     A saved tensor that is a view (a slice, `weight.T`) counts its whole storage, since the
@@ -74,7 +74,7 @@ class SavedTensorMeter:
 
 
 def grads(model: nn.Module) -> list[torch.Tensor]:
-    """Return a detached copy of every parameter's `.grad`, a `None` as zeros (notebook 04)."""
+    """Return a detached copy of every parameter's `.grad`, a `None` as zeros (notebook 05)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}; pass the model itself")
     params = list(model.parameters())
@@ -86,7 +86,7 @@ def grads(model: nn.Module) -> list[torch.Tensor]:
 def largest_difference(
     a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor]
 ) -> float:
-    """Return the largest |a - b| over matching tensors, computed exactly in float64 (notebook 04)."""
+    """Return the largest |a - b| over matching tensors, computed exactly in float64 (notebook 05)."""
     pairs = []
     for name, value in (("a", a), ("b", b)):
         tensors = [value] if isinstance(value, torch.Tensor) else value

@@ -75,7 +75,7 @@ def plot_bars(
 def plot_loss_curves(
     curves: dict[str, Sequence[float]], ax: Axes | None = None, *, log: bool = True
 ) -> Axes:
-    """Overlay loss curves, one per named training loop, against the step (notebooks 02 and 06).
+    """Overlay loss curves, one per named training loop, against the step (notebooks 02 and 08).
 
     Each curve gets the course cycle's colour *and* line style, so print-outs and colour-blind
     viewers can tell them apart; `log=True` puts the loss on a log scale.
@@ -97,7 +97,7 @@ def plot_loss_curves(
 
 
 def plot_counts(counts: dict[str, float], ax: Axes | None = None) -> Axes:
-    """Bar chart of named counts, each bar its own colour and hatch, its value on top (notebook 05)."""
+    """Bar chart of named counts, each bar its own colour and hatch, its value on top (notebook 07)."""
     if not isinstance(counts, dict) or not counts:
         raise TypeError("expected a non-empty dict mapping a name to its count, e.g. {'no_sync()': 3}")
     bad = [name for name, value in counts.items() if isinstance(value, bool) or not isinstance(value, (int, float))]

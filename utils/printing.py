@@ -42,7 +42,7 @@ def fmt(value: float | torch.Tensor | Iterable[float], digits: int = 4) -> str:
 
 
 def fmt_diff(value: float, floor: float = 1e-10) -> str:
-    """Format a largest difference stably: '< floor' below `floor`, else 2 significant digits (notebook 04)."""
+    """Format a largest difference stably: '< floor' below `floor`, else 2 significant digits (notebook 05)."""
     for name, number in (("value", value), ("floor", floor)):
         if isinstance(number, bool) or not isinstance(number, (int, float)):
             raise TypeError(f"expected {name} as a float, got {type(number).__name__}; use .item() on a tensor")

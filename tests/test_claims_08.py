@@ -1,4 +1,4 @@
-"""Notebook 06's claims, recomputed from torch and the helpers (independent of stored outputs)."""
+"""Notebook 08's claims, recomputed from torch and the helpers (independent of stored outputs)."""
 
 import warnings
 

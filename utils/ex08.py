@@ -1,4 +1,4 @@
-"""Checks for the exercises of notebook 06 (check your own loop).
+"""Checks for the exercises of notebook 08 (check your own loop).
 
 Each check trains a fresh model with the learner's `train(model, optimizer, batches)` under
 `ZeroGradGuard` and answers with the guard's verdict. A silent guard is not enough (a loop
@@ -23,7 +23,7 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def make_problem(seed: int = 60) -> tuple[torch.nn.Module, torch.optim.Optimizer, Batches]:
-    """A fresh model, its SGD optimizer and 8 micro-batches of 4 samples, like notebook 06's."""
+    """A fresh model, its SGD optimizer and 8 micro-batches of 4 samples, like notebook 08's."""
     data = make_regression(num_samples=16, num_features=3, seed=seed, dtype=torch.float64)
     batches = [(data.X[i : i + 4], data.y[i : i + 4]) for i in range(0, 16, 4)] * 2
     torch.manual_seed(seed)

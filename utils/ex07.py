@@ -1,0 +1,152 @@
+"""Checks for the exercises of notebook 07 (accumulation across processes).
+
+Each check works its expected answer out (with torch where there is something to compute),
+then prints a verdict. None of them starts processes: they run in the notebook's own.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from utils.device import make_generator
+from utils.exercises import Verdict, call_learner_function, check_number, describe, verdict
+
+
+def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
+    """Exercise 1: `accumulation_steps_for(effective_batch_size, world_size, train_batch_size)`."""
+    what = "accumulation_steps_for(effective_batch_size, world_size, train_batch_size)"
+    for effective, world_size, train_batch_size in [(32, 2, 4), (32, 1, 4), (32, 8, 4), (96, 3, 4), (64, 4, 2)]:
+        expected = effective // (world_size * train_batch_size)
+        call = f"accumulation_steps_for({effective}, {world_size}, {train_batch_size})"
+        ok, result = call_learner_function(accumulation_steps_for, effective, world_size, train_batch_size,
+                                           what=what)
+        if not ok:
+            return result
+        if isinstance(result, bool) or not isinstance(result, int):
+            if result is None:
+                hint = "your function returns None: end it with return and the number of micro-batches"
+            elif isinstance(result, float) and result == expected:
+                hint = "return an int: range() needs a whole number of micro-batches; use //"
+            else:
+                hint = "return a whole number"
+            return verdict(False, what, expected=f"{call} == {expected}", got=describe(result), hint=hint)
+        if result != expected:
+            hints = {
+                effective // train_batch_size: "you left out world_size: every process adds train_batch_size "
+                "samples per micro-batch",
+                effective // world_size: "you left out train_batch_size: each micro-batch holds that many samples",
+                effective: "that is the effective batch itself; divide it by world_size × train_batch_size",
+            }
+            return verdict(False, what, expected=f"{call} == {expected}", got=f"{result}",
+                           hint=hints.get(result, "solve effective = world_size × train_batch_size × steps "
+                                          "for steps"))
+    return _check_indivisible(accumulation_steps_for, what)
+
+
+def _check_indivisible(accumulation_steps_for: Any, what: str) -> Verdict:
+    call = "accumulation_steps_for(32, 3, 4)"  # 32 samples cannot be 3 × 4 × a whole number
+    try:
+        result = accumulation_steps_for(32, 3, 4)
+    except ValueError:
+        return verdict(True, what + ", with a ValueError when no whole number of micro-batches fits")
+    except Exception as error:
+        return verdict(False, what, expected=f"{call} to raise ValueError", got=f"{type(error).__name__}: {error}",
+                       hint="raise ValueError(...) when effective_batch_size % (world_size * "
+                       "train_batch_size) is not 0")
+    return verdict(False, what, expected=f"{call} to raise ValueError", got=describe(result),
+                   hint=f"3 × 4 × {result} is not 32: no whole number of micro-batches gives that "
+                   "effective batch, so say so with a ValueError")
+
+
+def _divisor_for(world_size: int, gradient_accumulation_steps: int, train_batch_size: int = 2) -> float:
+    """What DDP with accumulation must divide each micro-batch's mean loss by: worked out with torch."""
+    generator = make_generator(505)
+    n = world_size * gradient_accumulation_steps * train_batch_size
+    X = torch.randn(n, 3, generator=generator, dtype=torch.float64)
+    y = torch.randn(n, 1, generator=generator, dtype=torch.float64)
+    w = torch.randn(3, 1, generator=generator, dtype=torch.float64, requires_grad=True)
+    (whole,) = torch.autograd.grad(((X @ w - y) ** 2).mean(), w)
+    micro = torch.stack([torch.autograd.grad(((Xm @ w - ym) ** 2).mean(), w)[0]
+                         for Xm, ym in zip(X.split(train_batch_size), y.split(train_batch_size))])
+    per_rank = micro.reshape(world_size, gradient_accumulation_steps, 3, 1).sum(dim=1)  # backward() adds
+    ddp = per_rank.mean(dim=0)  # DDP's all-reduce: sum over ranks / world_size
+    return float(torch.linalg.vector_norm(ddp) / torch.linalg.vector_norm(whole))
+
+
+def check_loss_divisor(answer: Any) -> Verdict:
+    """Exercise 2: world_size 4, gradient_accumulation_steps 8: divide each micro-batch's loss by?"""
+    world_size, steps = 4, 8
+    return check_number(
+        answer,
+        _divisor_for(world_size, steps),
+        what="the number to divide each micro-batch's loss by",
+        hint="backward() adds the micro-batches on each process; DDP then averages over processes",
+        mistakes=[
+            (world_size * steps, f"{world_size * steps} = world_size × steps: DDP already divides the "
+             "all-reduced sum by world_size, so this step would be 4 times too small"),
+            (world_size, "DDP already averages over the 4 processes; what is left is the sum over "
+             "micro-batches that backward() builds on each one"),
+            (1, "backward() adds 8 micro-batch gradients: undivided, the step is 8 times too big"),
+            (2, "loss_fn already averages over the train_batch_size samples of a micro-batch"),
+        ],
+    )
+
+
+class FakeDDP:
+    """Stands in for a DDP model in exercise 3: records whether backward ran inside `no_sync()`."""
+
+    def __init__(self) -> None:
+        self.syncing = True
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Like `DistributedDataParallel.no_sync`: inside it, backward() does not all-reduce."""
+        before, self.syncing = self.syncing, False
+        try:
+            yield
+        finally:
+            self.syncing = before
+
+
+def _synced_micro_steps(sync_context: Any, steps: int, what: str) -> tuple[bool, Any]:
+    model = FakeDDP()
+    synced = []
+    for micro_step in range(steps):
+        ok, context = call_learner_function(sync_context, model, micro_step, steps, what=what)
+        if not ok:
+            return False, context
+        if not (hasattr(context, "__enter__") and hasattr(context, "__exit__")):
+            hint = ("call it: model.no_sync() returns the context manager, model.no_sync is the method"
+                    if callable(context) else
+                    "return model.no_sync() or contextlib.nullcontext(), something `with` can enter")
+            return False, verdict(False, what, expected="a context manager for `with`", got=describe(context),
+                                  hint=hint)
+        with context:
+            synced.append(model.syncing)  # where loss.backward() would run
+    return True, synced
+
+
+def check_sync_context(sync_context: Any) -> Verdict:
+    """Exercise 3: `sync_context(model, micro_step, gradient_accumulation_steps)` for `with`."""
+    what = "sync_context(model, micro_step, gradient_accumulation_steps)"
+    for steps in (4, 1, 3):
+        ok, synced = _synced_micro_steps(sync_context, steps, what)
+        if not ok:
+            return synced
+        expected = [micro_step == steps - 1 for micro_step in range(steps)]
+        if synced != expected:
+            got = f"all-reduces at micro-steps {[m for m, s in enumerate(synced) if s]} of 0..{steps - 1}"
+            if all(synced):
+                hint = "every micro-batch all-reduces: run all but the last inside model.no_sync()"
+            elif not any(synced):
+                hint = "nothing is ever all-reduced: the last micro-batch must run outside no_sync()"
+            elif synced[0]:
+                hint = "sync on the last micro-batch, so that its all-reduce carries all of them"
+            else:
+                hint = "only the last micro-step, micro_step == gradient_accumulation_steps - 1, syncs"
+            return verdict(False, what, expected=f"an all-reduce at micro-step {steps - 1} only", got=got,
+                           hint=hint)
+    return verdict(True, what + ": no_sync() for all but the last micro-batch")
