@@ -4,6 +4,12 @@ import pytest
 import torch
 
 from utils import ex02
+from utils.exercises import reset_tries
+
+
+@pytest.fixture(autouse=True)
+def fresh_tries():
+    reset_tries()
 
 
 def mse(model, X, y):
@@ -68,19 +74,45 @@ def train_loop_sum_loss(model, optimizer, X, y, num_steps):  # the wrong loss: s
     return losses
 
 
+def train_loop_own_optimizer(model, optimizer, X, y, num_steps):  # ignores the optimizer it was given
+    return train_loop(model, torch.optim.SGD(model.parameters(), lr=0.05), X, y, num_steps)
+
+
+def train_loop_by_hand(model, optimizer, X, y, num_steps):  # SGD by hand: not the optimizer's step()
+    losses = []
+    for _ in range(num_steps):
+        model.zero_grad()
+        loss = mse(model, X, y)
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.05 * p.grad
+        losses.append(loss.item())
+    return losses
+
+
 def test_exercise_1(capsys):
     assert ex02.check_grad_at_step_three(-13.44)
     assert ex02.check_grad_at_step_three(torch.tensor(-13.44))
     for wrong, words in [(-2.64, "third step's own gradient"), (-3.84, "*with* zero_grad holds"),
                          (-14.64, "adds the gradients of the loop *with*"), (-18, "assumes w never moved"),
-                         (13.44, "wrong sign"), (-1.0, "add up the three gradients")]:
+                         (13.44, "wrong sign"), (-1.0, "Which w does each")]:
         capsys.readouterr()
+        reset_tries()
         assert not ex02.check_grad_at_step_three(wrong)
-        assert words in capsys.readouterr().out, wrong
+        out = capsys.readouterr().out
+        assert words in out and "13.44" not in out.replace("got:      13.44", ""), out
     assert not ex02.check_grad_at_step_three(...)
     assert "replace the ..." in capsys.readouterr().out
-    assert not ex02.check_grad_at_step_three("-13.44")
-    assert "expected: a number such as -13.44" in capsys.readouterr().out
+
+
+def test_exercise_1_on_paper_never_echoes_the_answer_before_asked(capsys):
+    for answer in ["-13.44", "-13.44", ...]:
+        assert not ex02.check_grad_at_step_three(answer)
+    out = capsys.readouterr().out
+    assert "13.44" not in out and "without quotes" in out
+    assert not ex02.check_grad_at_step_three(-1.0)  # the third wrong try
+    assert "expected: -13.44" in capsys.readouterr().out
 
 
 def test_exercise_2_right_answers():
@@ -92,12 +124,15 @@ def test_exercise_2_right_answers():
     "fn, words",
     [
         (train_loop_forgetting, "never clears .grad"),
-        (train_loop_zeroing_between, "throws the gradient away before step() reads it"),
+        (train_loop_zeroing_between, "they never moved"),
+        (train_loop_own_optimizer, "0 step() call(s)"),
+        (train_loop_by_hand, "20 backward() and 0 step() call(s)"),
         (train_loop_one_step_short, "a list of 20 losses"),
         (train_loop_sum_loss, "zero_grad(), loss = loss_fn(model(X), y), backward(), step()"),
         (lambda model, optimizer, X, y, num_steps: None, "replace the ... with the loop"),
         (lambda model, optimizer, X, y, num_steps: "done", "append loss.item()"),
         (lambda model, optimizer, X, y, num_steps: 1 / 0, "it raised ZeroDivisionError"),
+        (lambda model, optimizer, X, y, num_steps: [0.0] * num_steps, "0 backward() and 0 step() call(s)"),
         (lambda model: [], "it raised TypeError"),
         (..., "replace the ..."),
         ([1.0, 2.0], "pass its name"),
@@ -105,7 +140,8 @@ def test_exercise_2_right_answers():
 )
 def test_exercise_2_wrong_answers_get_a_specific_hint(fn, words, capsys):
     assert not ex02.check_train_loop(fn)
-    assert words in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert words in out and "expected:" not in out, out
 
 
 def test_exercise_3(capsys):
@@ -115,10 +151,22 @@ def test_exercise_3(capsys):
     for wrong, words in [((0.9, 0.0), "friction"), ((0.0, 0.0), "plain SGD"), ((1.0, 0.5), "(1 - dampening) = 0.5"),
                          ((-1.0, 0.0), "SGD said: Invalid momentum value")]:
         capsys.readouterr()
+        reset_tries()
         assert not ex02.check_momentum_settings(wrong)
-        assert words in capsys.readouterr().out, wrong
-    for bad in [..., 1.0, (1.0,), ("1", "0"), None]:
+        out = capsys.readouterr().out
+        assert words in out and "expected:" not in out, wrong
+    for bad in [..., 1.0, (1.0,), ("1", "0"), None, (True, False)]:
         capsys.readouterr()
         assert not ex02.check_momentum_settings(bad)
         out = capsys.readouterr().out
         assert "replace the ..." in out or "a pair of numbers (momentum, dampening)" in out, bad
+
+
+def test_exercise_3_shows_the_losses_apart_and_the_pair_only_when_asked(capsys):
+    assert not ex02.check_momentum_settings((0.999999, 0.0))
+    out = capsys.readouterr().out
+    wanted = out.split("wanted:", 1)[1].split("got:", 1)[0].split("zero_grad,", 1)[1]
+    got = out.split("got:", 1)[1].split("hint:", 1)[0].split("settings,", 1)[1]
+    assert " ".join(wanted.split()) != " ".join(got.split()), out
+    assert not ex02.check_momentum_settings((0.9, 0.0), reveal=True)
+    assert "expected: (momentum, dampening) = (1, 0)" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Checks for the exercises of notebook 02 (forgetting zero_grad).
 
-Each check works its expected answer out with torch, then prints a verdict.
+Each check works its expected answer out with torch, then prints a verdict (utils.exercises:
+hints first, the answer only after several tries or with `reveal=True`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from typing import Any
 import torch
 
 from utils.data import make_regression
-from utils.exercises import Verdict, as_number, call_learner_function, check_number, describe, verdict
+from utils.exercises import (
+    Verdict, as_number, call_learner_function, check_number, describe, exercise, show_pair, verdict,
+)
 
 NUM_STEPS = 20
 
@@ -31,6 +34,7 @@ def _third_grad(zero_grad: bool) -> tuple[float, list[float]]:
     return grad, own
 
 
+@exercise
 def check_grad_at_step_three(answer: Any) -> Verdict:
     """Exercise 1: without zero_grad, what does `w.grad` hold after the third backward()?"""
     grad, own = _third_grad(zero_grad=False)
@@ -39,7 +43,9 @@ def check_grad_at_step_three(answer: Any) -> Verdict:
         answer,
         grad,
         what="w.grad after the third backward() without zero_grad",
-        hint="add up the three gradients 2·(w - 3), each at the w that step started from",
+        hint=["which w does each of the three backward() calls see, and what does .grad do with "
+              "each gradient?", "add up the three gradients 2·(w - 3), each at the w that step "
+              "started from; step() moves w by lr times what .grad holds"],
         mistakes=[
             (own[2], f"{own[2]:g} is the third step's own gradient; .grad still holds the first two as well"),
             (with_zero_grad, f"{with_zero_grad:g} is what a loop *with* zero_grad holds: one gradient only"),
@@ -96,6 +102,16 @@ def _close(a: list[float], b: list[float]) -> bool:
     return len(a) == len(b) and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-9)
 
 
+def _counters(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[list[int], list[int]]:
+    """Count the optimizer's step() calls and the backward() passes that reach the weight."""
+    steps: list[int] = []
+    backwards: list[int] = []
+    optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    model.weight.register_post_accumulate_grad_hook(lambda _: backwards.append(1))
+    return steps, backwards
+
+
+@exercise
 def check_train_loop(train_loop: Any) -> Verdict:
     """Exercise 2: `train_loop(model, optimizer, X, y, num_steps)` trains correctly and returns the losses."""
     what = "train_loop(model, optimizer, X, y, num_steps) trains and returns one loss per step"
@@ -105,28 +121,34 @@ def check_train_loop(train_loop: Any) -> Verdict:
         right, right_params = _reference(optimizer_class, zero_grad=True, lr=lr)
         forgot, _ = _reference(optimizer_class, zero_grad=False, lr=lr)
         model, optimizer = _fresh(optimizer_class, lr=lr)
+        steps, backwards = _counters(model, optimizer)
         start = _params(model)
         ok, result = call_learner_function(train_loop, model, optimizer, X, y, NUM_STEPS, what=what)
         if not ok:
             return result
         if result is None:
-            return verdict(False, what, expected=f"a list of {NUM_STEPS} losses", got="None",
+            return verdict(False, what, wanted=f"a list of {NUM_STEPS} losses", got="None",
                            hint="replace the ... with the loop, and return the list of losses (loss.item())")
         losses = _as_losses(result)
         if losses is None or len(losses) != NUM_STEPS:
-            return verdict(False, what, expected=f"a list of {NUM_STEPS} losses (floats)", got=describe(result),
+            return verdict(False, what, wanted=f"a list of {NUM_STEPS} losses (floats)", got=describe(result),
                            hint="append loss.item() once per step and return the list")
+        if len(steps) != NUM_STEPS or len(backwards) != NUM_STEPS:
+            return verdict(False, what, wanted=f"{NUM_STEPS} calls each of backward() and of the given "
+                           f"optimizer's step() ({name})",
+                           got=f"{len(backwards)} backward() and {len(steps)} step() call(s)",
+                           hint="one backward() and one optimizer.step() per iteration, on the model and "
+                           "the optimizer the function receives")
         moved = not torch.equal(_params(model), start)
         if not moved and len(set(losses)) == 1:
-            return verdict(False, what, expected="the parameters to move", got="they never moved",
-                           hint="zero_grad() between backward() and step() throws the gradient away before "
-                           "step() reads it: call it before backward() or after step()")
+            return verdict(False, what, wanted="the parameters to move", got="they never moved",
+                           hint="what is in .grad at the moment step() reads it?")
         if _close(losses, forgot):
-            return verdict(False, what, expected=f"the losses of a correct loop ({name})",
+            return verdict(False, what, wanted=f"the losses of a loop that clears .grad ({name})",
                            got="the losses of a loop that never clears .grad",
-                           hint="call optimizer.zero_grad() once per step, before backward() or after step()")
+                           hint="which call clears .grad, and where in the step may it go?")
         if not _close(losses, right) or not torch.allclose(_params(model), right_params, rtol=1e-6, atol=1e-9):
-            return verdict(False, what, expected=torch.tensor(right[:4]), got=torch.tensor(losses[:4]),
+            return verdict(False, what, got=torch.tensor(losses[:4]), expected=torch.tensor(right[:4]),
                            hint=f"with {name}: zero_grad(), loss = loss_fn(model(X), y), backward(), step(); "
                            "one step per iteration, the loss appended before the next one")
     return verdict(True, what + ", with SGD and with Adam")
@@ -136,30 +158,35 @@ def _sgd_run(zero_grad: bool, momentum: float, dampening: float) -> list[float]:
     return _reference(torch.optim.SGD, zero_grad, lr=0.05, momentum=momentum, dampening=dampening)[0]
 
 
+@exercise
 def check_momentum_settings(answer: Any) -> Verdict:
     """Exercise 3: which (momentum, dampening) make SGD in a correct loop retrace the loop without zero_grad?"""
     what = "SGD(momentum, dampening) in a correct loop retraces the loop without zero_grad"
     if answer is Ellipsis:
-        return verdict(False, what, hint="replace the ... with a pair of numbers: (momentum, dampening)")
-    pair = [as_number(v) for v in answer] if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
+        return verdict(False, what, hint="replace the ... with a pair of numbers: (momentum, dampening)",
+                       counts=False)
+    pair = None
+    if isinstance(answer, (tuple, list)) and len(answer) == 2:
+        pair = [as_number(v) for v in answer]
     if pair is None or None in pair:
-        return verdict(False, what, expected="a pair of numbers (momentum, dampening), e.g. (0.5, 0.1)",
-                       got=describe(answer))
+        return verdict(False, what, wanted="a pair of numbers (momentum, dampening)", got=describe(answer))
     momentum, dampening = pair
     forgot = _sgd_run(zero_grad=False, momentum=0.0, dampening=0.0)
     try:
         losses = _sgd_run(zero_grad=True, momentum=momentum, dampening=dampening)
     except (ValueError, RuntimeError) as error:
-        return verdict(False, what, expected="settings torch.optim.SGD accepts", got=f"SGD said: {error}")
+        return verdict(False, what, wanted="settings torch.optim.SGD accepts", got=f"SGD said: {error}")
     if _close(losses, forgot):
         return verdict(True, what + f": momentum={momentum:g}, dampening={dampening:g}")
     if momentum == 0:
         hint = "momentum=0 is plain SGD: it keeps no history, while .grad keeps all of it"
     elif momentum != 1:
         hint = (f"momentum={momentum:g} scales the old sum by {momentum:g} every step: friction. "
-                ".grad forgets nothing")
+                "How much of the old sum does .grad keep?")
     else:
-        hint = (f"dampening={dampening:g} scales each new gradient by (1 - dampening) = {1 - dampening:g}; "
-                "backward() adds each one whole")
-    return verdict(False, what, expected=f"losses {[round(v, 4) for v in forgot[:3]]}, ...",
-                   got=f"losses {[round(v, 4) for v in losses[:3]]}, ...", hint=hint)
+        hint = (f"dampening={dampening:g} scales each new gradient by (1 - dampening) = {1 - dampening:g}. "
+                "How much of each new gradient does backward() add?")
+    wanted, got = show_pair(forgot[:3], losses[:3])
+    return verdict(False, what, wanted=f"the first losses of the loop without zero_grad, {wanted}",
+                   got=f"the first losses with your settings, {got}", hint=hint,
+                   expected="(momentum, dampening) = (1, 0)")
