@@ -62,6 +62,24 @@ def test_plot_draws_each_path_with_its_own_style_start_and_minimum(data):
     assert w_low < 0.0 and w_high > 1.5  # every path is inside the drawn grid
 
 
+def test_each_end_marker_is_in_the_legend_and_nothing_hides_under_the_start_or_minimum(data):
+    X, y = data
+    best = least_squares_minimum(X, y)
+    # one path ends on the minimum, the other back on the start: both markers must stay visible
+    paths = {"settles": [(0.0, 0.0), best], "swings": [(0.0, 0.0), (2.0, 1.0), (0.0, 0.0)]}
+    ax = plot_paths_on_surface(X, y, paths)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    legend = {text.get_text() for text in ax.get_legend().get_texts()}
+    assert {"settles", "swings", "start", "minimum"} <= legend
+    markers = {name: lines[name].get_marker() for name in ("settles", "swings")}
+    assert len(set(markers.values())) == 2 and "None" not in markers.values()
+    for name, path in paths.items():  # the big marker sits on the last point only
+        assert list(lines[name].get_markevery()) == [len(path) - 1]
+    for name in ("start", "minimum"):  # hollow, and on top of every end marker
+        assert lines[name].get_markerfacecolor() == "none"
+        assert lines[name].get_zorder() > max(lines[n].get_zorder() for n in paths)
+
+
 def test_plot_uses_the_given_axes(data):
     _, ax = plt.subplots()
     assert plot_paths_on_surface(*data, {"a": [(0.0, 0.0)]}, ax=ax) is ax

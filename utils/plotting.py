@@ -111,3 +111,38 @@ def plot_counts(counts: dict[str, float], ax: Axes | None = None) -> Axes:
     ax.set_ylim(0, 1.15 * max(max(counts.values()), 1))
     ax.grid(axis="x", visible=False)
     return ax
+
+
+def plot_running_sum(grads: Sequence[torch.Tensor | None], ax: Axes | None = None) -> Axes:
+    """Plot each entry of `.grad` after 0, 1, 2, ... `backward()` calls (notebook 01).
+
+    `grads[k]` is `.grad` after k calls. A `None` is no tensor, so it gets no value: its
+    call count is shaded and labelled "None", and the lines start at the first tensor.
+    """
+    if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence) or len(grads) == 0:
+        raise TypeError("expected a non-empty list of .grad snapshots (tensors or None), one per call count")
+    bad = [type(g).__name__ for g in grads if g is not None and not isinstance(g, torch.Tensor)]
+    if bad:
+        raise TypeError(f"expected each snapshot to be a tensor or None, got {bad[0]}")
+    if any(g is not None and g.is_complex() for g in grads):
+        raise TypeError("expected real tensors, got a complex one")
+    shapes = {tuple(g.shape) for g in grads if g is not None}
+    if len(shapes) != 1:
+        raise ValueError(f"expected at least one tensor snapshot, all of one shape; got shapes {sorted(shapes)}")
+    ax = _axes(ax)
+    calls = [k for k, g in enumerate(grads) if g is not None]
+    rows = torch.stack([grads[k].detach().cpu().double().flatten() for k in calls])
+    for i in range(rows.shape[1]):
+        ax.plot(calls, rows[:, i].tolist(), marker=MARKERS[i % len(MARKERS)], label=f"grad[{i}]")
+    empty = [k for k, g in enumerate(grads) if g is None]
+    for k in empty:
+        ax.axvspan(k - 0.35, k + 0.35, facecolor="0.9", hatch="//", edgecolor="0.6", linewidth=0,
+                   label="None: no tensor" if k == empty[0] else None)
+        ax.text(k, 0.5, "None", transform=ax.get_xaxis_transform(), rotation=90, ha="center", va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 2})
+    ax.set_xticks(range(len(grads)))
+    ax.set_xlim(-0.5, len(grads) - 0.5)
+    ax.set_xlabel("number of backward() calls")
+    ax.set_ylabel("value held in .grad")
+    ax.legend()
+    return ax

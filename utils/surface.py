@@ -79,7 +79,8 @@ def plot_paths_on_surface(
 
     The grid covers every path and the minimum (a star), plus `margin` of the span on each
     side. Levels are log-spaced, so the flat valley floor still shows. Each path has its own
-    colour, line style and end marker; the shared start is a hollow circle.
+    colour, line style and end marker, all three in the legend; the shared start (a circle) and
+    the minimum (a star) are hollow and drawn on top, so that no end marker hides under them.
     """
     if ax is not None and not isinstance(ax, Axes):
         raise TypeError(f"expected a matplotlib Axes or None for ax, got {type(ax).__name__}")
@@ -99,14 +100,19 @@ def plot_paths_on_surface(
     ax.contour(w_values.numpy(), b_values.numpy(), loss, levels=levels, norm=LogNorm(), cmap="Greys",
                linewidths=1)
     for i, (name, path) in enumerate(checked.items()):
-        (line,) = ax.plot(path[:, 0], path[:, 1], label=name, linewidth=2, marker=".", markersize=5,
-                          linestyle=LINESTYLES[i % len(LINESTYLES)])
-        ax.plot(path[-1, 0], path[-1, 1], marker=MARKERS[i % len(MARKERS)], color=line.get_color(),
-                markeredgecolor="black", markersize=11, linestyle="none")
+        style = LINESTYLES[i % len(LINESTYLES)]
+        (line,) = ax.plot(path[:, 0], path[:, 1], linewidth=2, marker=".", markersize=5, linestyle=style)
+        # the same path again, labelled, with a big marker on its last point: the legend shows both
+        ax.plot(path[:, 0], path[:, 1], label=name, color=line.get_color(), linewidth=2,
+                linestyle=style, marker=MARKERS[i % len(MARKERS)], markevery=[len(path) - 1],
+                markeredgecolor="black", markersize=11, zorder=3)
     start = next(iter(checked.values()))[0]
-    ax.plot(*start, "o", mfc="none", mec="black", markersize=12, mew=2, linestyle="none", label="start")
-    ax.plot(*best, "*", color="black", markersize=16, linestyle="none", label="minimum")
+    # hollow, and drawn over the end markers, so that a path ending on the start or the minimum stays visible
+    ax.plot(*start, "o", mfc="none", mec="black", markersize=14, mew=2, linestyle="none", label="start", zorder=4)
+    ax.plot(*best, "*", mfc="none", mec="black", markersize=22, mew=1.5, linestyle="none", label="minimum",
+            zorder=4)
     ax.set_xlabel("weight w")
     ax.set_ylabel("bias b")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, title="each path ends at its marker",
+              title_fontsize=12)
     return ax
