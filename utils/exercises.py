@@ -122,6 +122,13 @@ def _short(value: Any, limit: int = 120) -> str:
 
 def describe(value: Any) -> str:
     """Say what a value is in a learner's words: type, and dtype and shape for a tensor."""
+    try:
+        return _describe(value)
+    except Exception:  # a learner's object that breaks getattr, repr or len
+        return f"a {type(value).__name__} object"
+
+
+def _describe(value: Any) -> str:
     if value is Ellipsis:
         return "... (the placeholder)"
     if value is None:
@@ -229,6 +236,11 @@ def _time_limit(seconds: float) -> Iterator[None]:
         return
 
     def out_of_time(signum: int, frame: Any) -> None:
+        while frame is not None:  # never inside an import: a half-imported module breaks the kernel
+            if frame.f_code.co_filename.startswith("<frozen importlib"):
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
+                return
+            frame = frame.f_back
         raise OutOfTime
 
     start = time.monotonic()
