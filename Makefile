@@ -1,5 +1,9 @@
 # The course's commands. Each target sets up .venv/ itself on a fresh machine.
-#   make lab       open JupyterLab at notebook 01
+#   make lab       make your copies of the lessons (make workbooks), open JupyterLab at 01's copy
+#   make workbooks copy every lesson, outputs cleared, into workbooks/ (git-ignored); a copy
+#                  you worked in is never overwritten
+#   make workbook NB=03   start lesson 03 afresh (your old copy moves to workbooks/previous/)
+#   make handout   build/zero-grad-course-handout.zip for a class: copies, no solutions
 #   make test      unit and claim tests, then strict nbval over every notebook
 #   make execute   re-run notebooks in place (all, or NB=notebooks/01-....ipynb)
 #   make bench     each notebook's nbval time as a ratio to the floor (import torch),
@@ -14,11 +18,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LAUNCH_STAMP := $(VENV)/.installed-launch
 NBVAL := $(PY) -m pytest -q --nbval --nbval-current-env --nbval-cell-timeout=300
-FIRST := notebooks/01-gradients-accumulate.ipynb
 NB ?= $(sort $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb))
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+# Copies and the hand-out need only the standard library: the venv's Python if there is one.
+WB_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 
-.PHONY: setup lab test test-unit test-notebooks test-threads test-launch test-gpu execute bench bench-guard clean
+.PHONY: setup lab workbooks workbook handout test test-unit test-notebooks test-threads test-launch test-gpu \
+        execute bench bench-guard clean
 
 setup: $(STAMP)
 
@@ -29,9 +35,20 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# default_url: both the browser it opens and the URL it prints (with the token) land on notebook 01
-lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 $(ROOT_FLAG) --LabApp.default_url=/lab/tree/$(FIRST)
+# JupyterLab over the repository, opened (browser and printed URL) at workbooks/01-...ipynb,
+# with the course's settings for this venv only (no "Jupyter news?" pop-up): utils/workbooks.py
+lab: $(STAMP) workbooks
+	$(PY) -m utils.workbooks lab $(ROOT_FLAG)
+
+workbooks:
+	$(WB_PY) -m utils.workbooks make
+
+workbook:
+	@[ "$(origin NB)" != file ] || { echo "usage: make workbook NB=03 (the lesson's number)" >&2; exit 2; }
+	$(WB_PY) -m utils.workbooks refresh $(NB)
+
+handout:
+	$(WB_PY) -m utils.handout
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/launch
