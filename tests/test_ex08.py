@@ -1,12 +1,25 @@
-"""utils.ex08: the checks run the learner's loop under the guard, accept mended loops and explain the rest."""
+"""utils.ex08: the checks run the learner's loop under the guard, accept mended loops and explain the rest.
 
+Hints name the mistake, never the mended code; the guard's "Fix:" shows only once the answer
+is revealed (third wrong try, or reveal=True). Exercise 3 wants real accumulation: one
+backward() per micro-batch, not one big batch or one summed loss per window.
+"""
+
+import pytest
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
 from utils import ex08
+from utils.exercises import reset_tries
 
 loss_fn = torch.nn.MSELoss()
 K = ex08.GRADIENT_ACCUMULATION_STEPS
+CHECKS = (ex08.check_no_stale_gradients, ex08.check_no_discarded_gradients, ex08.check_gradient_accumulation)
+
+
+@pytest.fixture(autouse=True)
+def fresh_tries():
+    reset_tries()
 
 
 # -- right answers ---------------------------------------------------------------------------------
@@ -71,6 +84,22 @@ def zero_in_window(model, optimizer, batches):  # the lesson's exercise 3, as gi
             optimizer.step()
 
 
+def one_big_batch(model, optimizer, batches):  # the same gradient, without accumulating
+    for i in range(0, len(batches), K):
+        X = torch.cat([X for X, _ in batches[i:i + K]])
+        y = torch.cat([y for _, y in batches[i:i + K]])
+        optimizer.zero_grad()
+        loss_fn(model(X), y).backward()
+        optimizer.step()
+
+
+def one_summed_loss(model, optimizer, batches):  # one graph for the whole window
+    for i in range(0, len(batches), K):
+        optimizer.zero_grad()
+        sum(loss_fn(model(X), y) / K for X, y in batches[i:i + K]).backward()
+        optimizer.step()
+
+
 def accumulate_without_dividing(model, optimizer, batches):
     for i, (X, y) in enumerate(batches):
         loss_fn(model(X), y).backward()
@@ -111,47 +140,73 @@ def test_right_answers_pass(capsys):
         assert ex08.check_no_discarded_gradients(train)
     for train in (accumulate, accumulate_zero_at_window_start):
         assert ex08.check_gradient_accumulation(train)
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert out.count("✔ Right:") == 8
     assert "the guard stays silent over 8 steps" in out and "silent over 4 steps" in out
 
 
-def test_the_lessons_buggy_loops_get_the_guards_verdict(capsys):
+def test_the_lessons_buggy_loops_get_what_the_guard_saw_and_a_question(capsys):
     assert not ex08.check_no_stale_gradients(forgot_zero_grad)
-    out = capsys.readouterr().out
-    assert "got:      StaleGradientWarning on 7 step(s); the first: step 2: optimizer.step() is about" in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: StaleGradientWarning on 7 step(s); the first: step 2: optimizer.step() is about" in out
     assert "0.weight, 0.bias, 2.weight, 2.bias" in out
-    assert "hint:     clear the gradients once per step" in out
+    assert "what in your loop empties .grad between one step and the next?" in out
     assert not ex08.check_no_discarded_gradients(zero_after_backward)
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "DiscardedGradientWarning on 8 step(s)" in out
-    assert "between loss.backward() and optimizer.step()" in out
+    assert "what runs between loss.backward() and the optimizer.step() that should use it?" in out
     assert not ex08.check_gradient_accumulation(zero_in_window)
-    out = capsys.readouterr().out
-    assert "DiscardedGradientWarning on 4 step(s)" in out and "inside a gradient-accumulation window" in out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "DiscardedGradientWarning on 4 step(s)" in out and "every micro-batch of its window" in out
     assert not ex08.check_no_stale_gradients(zero_after_backward)  # a "fix" that moves the bug
     assert "DiscardedGradientWarning" in capsys.readouterr().out
 
 
+def test_hints_climb_and_the_fix_shows_only_when_revealed(capsys):
+    outs = []
+    for _ in range(3):
+        assert not ex08.check_no_stale_gradients(forgot_zero_grad)
+        outs.append(" ".join(capsys.readouterr().out.split()))
+    for out in outs[:2]:  # no fix, no placement of zero_grad, before the third try
+        assert "Fix" not in out and "expected:" not in out and "right after optimizer.step()" not in out
+        assert "check_no_stale_gradients(train, reveal=True)" in out
+    assert "the guard's diagnosis: Probably forgotten: optimizer.zero_grad()." in outs[1]
+    assert "expected: the guard's fix: call optimizer.zero_grad() once per step" in outs[2]
+    assert not ex08.check_no_discarded_gradients(zero_after_backward, reveal=True)
+    assert "expected: the guard's fix: clear gradients right after optimizer.step()" in " ".join(
+        capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("train", [one_big_batch, one_summed_loss])
+def test_accumulation_means_one_backward_per_micro_batch(train, capsys):
+    assert not ex08.check_gradient_accumulation(train)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "wanted: one backward() per micro-batch got: 4 backward() calls for 8 micro-batches" in out
+    assert "holds the activations of the whole window in memory at once" in out
+    assert ex08.check_no_stale_gradients(zero_first)  # the counter is not in the way of others
+
+
 def test_silent_but_wrong_loops_are_caught_by_steps_or_weights(capsys):
     assert not ex08.check_gradient_accumulation(zero_first)
-    assert "step once every gradient_accumulation_steps micro-batches" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: 8 calls of optimizer.step() for 8 micro-batches" in out
+    assert "how many windows do the batches make?" in out and "expected" not in out
     assert not ex08.check_gradient_accumulation(accumulate_without_dividing)
-    assert "divide each micro-batch's loss by gradient_accumulation_steps" in capsys.readouterr().out
+    assert "the sum of its window's gradients, not their mean" in capsys.readouterr().out
     assert not ex08.check_no_stale_gradients(accumulate)
-    assert "expected: 8 calls of optimizer.step()\n   got:      4 call(s)" in capsys.readouterr().out
+    assert "got: 4 calls of optimizer.step() for 8 micro-batches" in " ".join(capsys.readouterr().out.split())
     assert not ex08.check_no_stale_gradients(half_the_batches)
-    assert "one optimizer.step() per step" in capsys.readouterr().out
-    for train in (never_backward, other_loss):
-        assert not ex08.check_no_discarded_gradients(train)
-        out = capsys.readouterr().out
-        assert "got:      different weights (the guard was silent)" in out
-        assert "compute loss_fn(model(X), y) for every (X, y) in batches" in out
+    assert "count the micro-batches your loop goes through" in capsys.readouterr().out
+    assert not ex08.check_no_discarded_gradients(never_backward)
+    assert "no backward() reached the model's weights" in capsys.readouterr().out
+    assert not ex08.check_no_discarded_gradients(other_loss)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: different weights (the guard was silent)" in out
+    assert "does your loop compute loss_fn(model(X), y) for every (X, y) of batches, in order?" in out
 
 
 def test_placeholders_bad_types_and_errors_get_a_verdict_not_a_traceback(capsys):
-    for check in (ex08.check_no_stale_gradients, ex08.check_no_discarded_gradients,
-                  ex08.check_gradient_accumulation):
+    for check in CHECKS:
         assert not check(placeholder)
         assert "replace the ... with the mended loop" in capsys.readouterr().out
         assert not check(...)

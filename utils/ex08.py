@@ -1,9 +1,12 @@
 """Checks for the exercises of notebook 08 (check your own loop).
 
 Each check trains a fresh model with the learner's `train(model, optimizer, batches)` under
-`ZeroGradGuard` and answers with the guard's verdict. A silent guard is not enough (a loop
-that never calls backward() is silent too), so the check also counts the steps and compares
-the trained weights with those of a reference loop it runs itself with torch.
+`ZeroGradGuard` and answers with what the guard saw. A silent guard is not enough (a loop
+that never calls backward() is silent too), so the check also counts backward() calls (one
+per micro-batch: accumulation means separate backward() calls, never one big batch or one
+summed loss) and steps, and compares the trained weights with those of a reference loop it
+runs itself. Hints name the mistake, never the mended code (utils.exercises: the guard's
+"Fix:" shows only once the answer is revealed).
 """
 
 from __future__ import annotations
@@ -15,11 +18,20 @@ from typing import Any
 import torch
 
 from utils.data import make_regression
-from utils.exercises import Verdict, call_learner_function, verdict
+from utils.exercises import Verdict, call_learner_function, exercise, verdict
 from utils.guard import StaleGradientWarning, ZeroGradGuard
 
 GRADIENT_ACCUMULATION_STEPS = 2  # the notebook's gradient_accumulation_steps
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+_QUESTIONS = {  # the first rung of a hint: what the guard saw, as a question about the loop
+    "stale": "a step used gradients that an earlier step had already used: what in your loop empties "
+    ".grad between one step and the next?",
+    "discarded": "gradients were thrown away before a step could use them: what runs between "
+    "loss.backward() and the optimizer.step() that should use it?",
+    "window": "a step should use the gradients of every micro-batch of its window: what throws away "
+    "those of the micro-batches that came before the last one?",
+}
 
 
 def make_problem(seed: int = 60) -> tuple[torch.nn.Module, torch.optim.Optimizer, Batches]:
@@ -48,58 +60,92 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.allclose(x, y, rtol=1e-9, atol=1e-12) for x, y in zip(a, b))
 
 
+def _split(message: str) -> tuple[str, str, str]:
+    """A guard message in three: what it saw, the probable mistake, the fix."""
+    message = message.split(" If the clear is intended")[0]
+    seen, _, rest = message.partition(" Probably")
+    probably, _, fix = ("Probably" + rest).partition(" Fix: ")
+    return seen, probably.strip(), fix.strip()
+
+
+def _guard_verdict(guard: ZeroGradGuard, what: str, accumulate: int) -> Verdict:
+    first = guard.findings[0]
+    steps = len({f.step for f in guard.findings})
+    seen, probably, fix = _split(first.message)
+    kind = "stale" if first.kind is StaleGradientWarning else "window" if accumulate > 1 else "discarded"
+    question = _QUESTIONS[kind]
+    return verdict(False, what, wanted="the guard silent on every step",
+                   got=f"{first.kind.__name__} on {steps} step(s); the first: {seen}",
+                   hint=[question, f"the guard's diagnosis: {probably}" if probably else question],
+                   expected=f"the guard's fix: {fix}" if fix else None)
+
+
 def _check_loop(train: Any, *, what: str, accumulate: int) -> Verdict:
     model, optimizer, batches = make_problem()
     initial = copy.deepcopy(model)
+    backward_calls: list[int] = []  # accumulations into the first weight: one per backward()
+    handle = model[0].weight.register_post_accumulate_grad_hook(lambda _: backward_calls.append(1))
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")  # the guard's findings are read below, not shown twice
-        with ZeroGradGuard(optimizer, model=model) as guard:
+        with ZeroGradGuard(optimizer, model=model, max_warnings=None) as guard:
             ok, result = call_learner_function(train, model, optimizer, batches, what=what)
+    handle.remove()
     if not ok:
         return result
     if guard.findings:
-        first = guard.findings[0]
-        steps = len({f.step for f in guard.findings})
-        hint = ("clear the gradients once per step, after optimizer.step() or before loss.backward()"
-                if first.kind is StaleGradientWarning else
-                "clear the gradients only after optimizer.step() (or before the first backward() of a step)")
-        return verdict(False, what, expected="the guard silent on every step",
-                       got=f"{first.kind.__name__} on {steps} step(s); the first: {first.message}", hint=hint)
-    expected_steps = len(batches) // accumulate
+        return _guard_verdict(guard, what, accumulate)
+    micro = len(batches)
+    expected_steps = micro // accumulate
+    per_step = "one optimizer.step() per micro-batch" if accumulate == 1 else (
+        "one optimizer.step() per window of gradient_accumulation_steps micro-batches")
+    if guard.steps == 0:
+        return verdict(False, what, wanted=per_step, got="no optimizer.step() on the optimizer it was given",
+                       hint="your function never called optimizer.step() on the optimizer it was given; "
+                       "replace the ... with the mended loop", expected=f"{expected_steps} steps")
+    if 0 < len(backward_calls) < micro and guard.steps == expected_steps:
+        return verdict(False, what, wanted="one backward() per micro-batch",
+                       got=f"{len(backward_calls)} backward() calls for {micro} micro-batches",
+                       hint=["one big batch, or one loss summed over the window, gives the same gradient, "
+                             "but holds the activations of the whole window in memory at once: the very "
+                             "thing accumulation exists to avoid. Keep the micro-batches apart"],
+                       expected=f"{micro} backward() calls, one per micro-batch")
     if guard.steps != expected_steps:
-        if guard.steps == 0:
-            hint = ("your function never called optimizer.step() on the optimizer it was given; "
-                    "replace the ... with the mended loop")
-        elif accumulate > 1 and guard.steps == len(batches):
-            hint = "step once every gradient_accumulation_steps micro-batches, not after each one"
+        if accumulate > 1 and guard.steps == micro:
+            hint = "with gradient_accumulation_steps micro-batches in a window, how many windows do the batches make?"
         else:
-            hint = "one optimizer.step() per step: loop once over batches"
-        return verdict(False, what, expected=f"{expected_steps} calls of optimizer.step()",
-                       got=f"{guard.steps} call(s)", hint=hint)
+            hint = "count the micro-batches your loop goes through, and the steps it takes for them"
+        return verdict(False, what, wanted=per_step,
+                       got=f"{guard.steps} calls of optimizer.step() for {micro} micro-batches", hint=hint,
+                       expected=f"{expected_steps} calls of optimizer.step()")
     trained = [p.detach() for p in model.parameters()]
     if _same(trained, _reference(initial, batches, accumulate)):
         return verdict(True, f"{what}: the guard stays silent over {expected_steps} steps and the model "
                        "ends where the reference loop takes it")
     if accumulate > 1 and _same(trained, _reference(initial, batches, accumulate, divide=False)):
-        hint = ("divide each micro-batch's loss by gradient_accumulation_steps, so the accumulated "
-                "gradient is the mean over the window")
+        hint = ("each step used the sum of its window's gradients, not their mean: gradient_accumulation_steps "
+                "times too large")
+    elif not backward_calls:
+        hint = "no backward() reached the model's weights: what fills .grad before a step?"
     else:
-        hint = "compute loss_fn(model(X), y) for every (X, y) in batches, in order, and backward() it"
-    return verdict(False, what, expected="the weights the reference loop reaches",
+        hint = "does your loop compute loss_fn(model(X), y) for every (X, y) of batches, in order?"
+    return verdict(False, what, wanted="the weights the reference loop reaches",
                    got="different weights (the guard was silent)", hint=hint)
 
 
+@exercise
 def check_no_stale_gradients(train: Any) -> Verdict:
     """Exercise 1: mend `forgot_zero_grad` so that no step uses an earlier step's gradient."""
     return _check_loop(train, what="train(model, optimizer, batches) clears old gradients", accumulate=1)
 
 
+@exercise
 def check_no_discarded_gradients(train: Any) -> Verdict:
     """Exercise 2: mend `zero_grad_after_backward` so that every step uses its batch's gradient."""
     return _check_loop(train, what="train(model, optimizer, batches) steps with its batch's gradient",
                        accumulate=1)
 
 
+@exercise
 def check_gradient_accumulation(train: Any) -> Verdict:
     """Exercise 3: mend `zero_grad_in_window`: one step per GRADIENT_ACCUMULATION_STEPS micro-batches."""
     return _check_loop(train, what="train(model, optimizer, batches) accumulates over "

@@ -1,0 +1,46 @@
+"""utils.guard: find a forgotten or misplaced `zero_grad()` in a training loop (notebook 08).
+
+Three ways to use it:
+
+    with ZeroGradGuard(optimizer):         # in your code: the loop, unchanged
+        train(model, optimizer, data)
+
+    python -m utils.guard train.py [args...]    # a script, unchanged: every optimizer it creates
+
+    %load_ext utils.guard                  # a notebook: every optimizer created afterwards
+    %unload_ext utils.guard                # removes every hook
+
+A `StaleGradientWarning` says a step is about to use contributions that are not its own:
+gradients an earlier step already used (zero_grad forgotten, or done for some parameters
+only), gradients piled up before a parameter joined the optimizer, gradients another
+optimizer's loss left behind (a GAN), or, with `gradient_accumulation_steps=k`, more than k
+backward() calls. A `DiscardedGradientWarning` says gradients were cleared before any step
+used them (zero_grad between backward() and step(), inside an accumulation window, or of
+an optimizer that had not stepped yet). Each names the step, the parameters, your line,
+the probable mistake and the fix. To mark a clear as intended (gradients computed only to
+be read), end its line with `# zero_grad: intended`.
+
+What it does not see (by design or by necessity), with the way out:
+- zeroing by hand in place (`p.grad.zero_()`) between backward() and step() looks like
+  masking part of a gradient, which is correct, so it is not reported; `zero_grad()` is;
+- `p.grad.data.zero_()` changes `.data`, whose version counter is its own: unseen between
+  backward() and step() (before backward() it is fine);
+- an in-place change after a step with no backward() since counts as new gradients set by
+  hand (`p.grad.copy_(g)`), so stepping twice with clipping between is not reported;
+- a tensor you assign to `.grad` counts as new gradients, even one made from old ones, and
+  one cleared by hand before the next backward() or step() is never seen;
+- steps that take a closure (L-BFGS) are not checked: the closure clears inside the step;
+- a step skipped by hand is recognised only when some gradient was not finite and the
+  clear came from `zero_grad()`; any other intended clear needs `# zero_grad: intended`;
+- gradients computed only to be read and then cleared (an adversarial example made with
+  backward()) look like lost work: mark the clear, or use `torch.autograd.grad`;
+- a window holding more backward() calls than it should is seen only with
+  `gradient_accumulation_steps=` given.
+"""
+
+from utils.guard.checker import ZeroGradGuard
+from utils.guard.findings import DiscardedGradientWarning, Finding, StaleGradientWarning, ZeroGradWarning
+from utils.guard.notebook import load_ipython_extension, unload_ipython_extension
+
+__all__ = ["DiscardedGradientWarning", "Finding", "StaleGradientWarning", "ZeroGradGuard", "ZeroGradWarning",
+           "load_ipython_extension", "unload_ipython_extension"]

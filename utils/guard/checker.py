@@ -1,0 +1,341 @@
+"""ZeroGradGuard: watch one optimizer's parameters and warn about stale or discarded gradients (notebook 08).
+
+The guard follows each parameter's `.grad` through four kinds of moments:
+- just before and just after each accumulation into `.grad` (`Tensor.register_hook` on a
+  leaf runs before, `Tensor.register_post_accumulate_grad_hook` after);
+- each `zero_grad()` of an optimizer or module, as it happens (`utils.guard.clears`);
+- each `optimizer.step()` (step hooks), and each step of any other optimizer.
+Between those moments it notices changes by hand: `.grad` set to `None` or to another tensor,
+or changed in place (its `_version` moved). From them it keeps, per parameter, whether
+`.grad` holds contributions a step already used ("old"), how many `backward()` calls added to
+it since ("accs"), and whether those came before another optimizer's step or before the
+weights were moved by hand. Values are summarised on the device and read only when a step
+needs a verdict: at most one read per step, none in a loop that clears with `zero_grad()`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from utils.guard import clears, messages
+from utils.guard.findings import DiscardedGradientWarning, Finding, StaleGradientWarning, ZeroGradWarning
+from utils.guard.findings import make_finding, warn
+from utils.guard.names import check_optimizer, find_names
+from utils.guard.reads import Summary, finite, nonzero, read, summary
+from utils.guard.record import UNCONFIRMED, Lost, Record
+from utils.guard.sites import Stack, intended, stack
+
+_explicit: dict[int, int] = {}  # id(optimizer) -> explicit guards on it: an automatic guard keeps quiet
+
+
+def check_options(*, max_warnings: Any, gradient_accumulation_steps: Any, report: Any) -> None:
+    """Raise a clear ValueError or TypeError for an option a guard cannot take."""
+    for label, value, low in (("max_warnings", max_warnings, 0),
+                              ("gradient_accumulation_steps", gradient_accumulation_steps, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"expected {label} as an int >= {low} or None, got {value!r}")
+    if report is not None and not callable(report):
+        raise TypeError(f"expected report to be a function of a Finding, or None, got {type(report).__name__}")
+
+
+class ZeroGradGuard:
+    """Watch an optimizer's parameters and warn when a step uses stale gradients or fresh ones were lost.
+
+    Silent on correct loops of many styles: zero_grad() before backward() or after step(),
+    `set_to_none` either way, `p.grad = None`, `model.zero_grad()`, gradient accumulation,
+    several backward() calls per step, in-place clipping, unscaling or masking, gradients set by
+    hand, steps skipped by a GradScaler, GANs, two-step optimizers (SAM), lazy modules.
+    `model=` names parameters in warnings (else they are looked up). At most `max_warnings`
+    warnings of each class (None: no limit); `findings` keeps them all. With
+    `gradient_accumulation_steps=k`, a step that uses more than k backward() calls is stale.
+    `report` receives each finding shown instead of a Python warning. Used by notebook 08.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None, *,
+                 max_warnings: int | None = 3, gradient_accumulation_steps: int | None = None,
+                 report: Callable[[Finding], None] | None = None, _automatic: bool = False) -> None:
+        check_optimizer(optimizer)
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"expected model to be a torch.nn.Module or None, got {type(model).__name__}")
+        check_options(max_warnings=max_warnings, gradient_accumulation_steps=gradient_accumulation_steps,
+                      report=report)
+        self.optimizer, self.max_warnings, self.report = optimizer, max_warnings, report
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.steps = 0  # optimizer.step() calls completed since the guard started
+        self.findings: list[Finding] = []
+        self._automatic = _automatic
+        self._names = find_names(optimizer, model, sys._getframe(1))
+        self._records: dict[int, Record] = {}
+        self._param_handles: list[Any] = []
+        self._lost: list[Lost] = []
+        self._foreign_steps = 0  # steps of other optimizers: they use gradients too (a GAN)
+        self._groups_seen = 0
+        self._waiting: set[int] = set()  # lazy parameters not materialised yet
+        self._in_closure = False
+        self._removed = False
+        self._warned: dict[type, int] = {StaleGradientWarning: 0, DiscardedGradientWarning: 0}
+        self._handles = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+            register_optimizer_step_post_hook(self._after_any_step),
+        ]
+        if not _automatic:
+            _explicit[id(optimizer)] = _explicit.get(id(optimizer), 0) + 1
+        clears.watch(self)
+        self._attach_new_params(at_start=True)
+
+    # -- the context manager -------------------------------------------------------------
+    def __enter__(self) -> ZeroGradGuard:
+        if self._removed:
+            raise RuntimeError("this ZeroGradGuard was removed; create a new one: ZeroGradGuard(optimizer)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook the guard added; report contributions cleared after the last step."""
+        if self._removed:
+            return
+        self._removed = True
+        for handle in self._handles + self._param_handles:
+            handle.remove()
+        self._handles, self._param_handles = [], []
+        clears.unwatch(self)
+        if not self._automatic:
+            _explicit[id(self.optimizer)] -= 1
+        for record in self._records.values():  # anything cleared since the last look?
+            self._observe(record)
+        self._report(step=self.steps, after_last=True)
+        if not self._automatic and not _explicit[id(self.optimizer)]:
+            del _explicit[id(self.optimizer)]
+
+    # -- which parameters ----------------------------------------------------------------
+    def _attach_if_changed(self) -> None:
+        if self._waiting or len(self.optimizer.param_groups) != self._groups_seen:
+            self._attach_new_params()
+
+    def _attach_new_params(self, at_start: bool = False) -> None:
+        """Hook every parameter that requires grad: at the start, or added, unfrozen or materialised later."""
+        self._groups_seen = len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) in self._records or not p.requires_grad:
+                    continue
+                if torch.nn.parameter.is_lazy(p):  # a lazy module's: hooked after its first forward
+                    self._waiting.add(id(p))
+                    continue
+                record = Record(p, self._names.get(id(p)) or f"a parameter of shape {tuple(p.shape)}",
+                                len(self._records))
+                if p.grad is not None:
+                    record.see(p.grad)
+                    if id(p) in self._waiting:  # materialised in this window: its first contribution
+                        record.accs, record.since = 1, self._foreign_steps
+                    else:  # there before the guard, or piled up outside the optimizer
+                        record.old, record.origin = UNCONFIRMED, "start" if at_start else "joined"
+                self._waiting.discard(id(p))
+                self._records[id(p)] = record
+                clears.add(p, self, record)
+                self._param_handles += [
+                    p.register_hook(partial(self._before_accumulate, record)),
+                    p.register_post_accumulate_grad_hook(partial(self._after_accumulate, record)),
+                ]
+
+    # -- the four kinds of moments -------------------------------------------------------
+    def _before_accumulate(self, record: Record, incoming: torch.Tensor) -> None:
+        """Runs before `.grad` of this leaf is added to: what happened since we last looked?"""
+        self._attach_if_changed()
+        self._observe(record)
+        grad = record.param.grad
+        if grad is not None:
+            if record.old is UNCONFIRMED:  # what a step used is about to be mixed with new contributions
+                record.old, record.checks = True, [summary(grad)]
+            if record.unconsumed and record.mixed is None:
+                if self._foreign_steps != record.since:
+                    record.mixed = "foreign"
+                elif record.param._version != record.pversion:
+                    record.mixed = "moved"
+        return None
+
+    def _after_accumulate(self, record: Record, param: torch.Tensor) -> None:
+        """Runs after a contribution was added to `.grad`."""
+        record.see(param.grad)
+        if not record.unconsumed:
+            record.since = self._foreign_steps
+        record.accs += 1
+        record.content = None  # unknown from now on
+        record.pversion = param._version
+
+    def _before_clear(self, record: Record) -> Summary | None:
+        """Before a zero_grad() clears `.grad`: a summary of what no step used yet, if anything."""
+        self._observe(record)
+        grad = record.param.grad
+        if not record.unconsumed or grad is None:
+            return None
+        return record.content if record.content is not None else summary(grad)
+
+    def _after_clear(self, record: Record, size: Summary | None, frames: Stack, clear: int) -> None:
+        self._cleared(record, size, frames, clear)
+        grad = record.param.grad
+        if grad is None:
+            record.ref = None
+        else:
+            record.see(grad)
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self._attach_new_params()
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+        if closure is not None:  # the closure zeroes and recomputes inside step(): not checked
+            self._in_closure = True
+            return
+        for record in self._records.values():
+            self._observe(record)
+            if record.refill is not None:  # cleared after another optimizer's step: refilled since?
+                if not record.unconsumed:
+                    self._lost.append(record.refill)
+                record.refill = None
+            grad = record.param.grad
+            if record.old is UNCONFIRMED and grad is not None:  # untouched since the last step: reused?
+                record.old, record.checks = True, [summary(grad)]
+        self._report(step=self.steps + 1, after_last=False)
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self.steps += 1
+        self._in_closure = False
+        for record in self._records.values():
+            self._consumed(record)
+
+    def _after_any_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if optimizer is self.optimizer:
+            return
+        self._foreign_steps += 1
+        for group in optimizer.param_groups:  # parameters it shares with ours: it used their gradients
+            for p in group["params"]:
+                record = self._records.get(id(p))
+                if record is not None:
+                    self._consumed(record)
+
+    # -- keeping the records up to date --------------------------------------------------
+    def _consumed(self, record: Record) -> None:
+        """A step used what `.grad` holds: from now on it is old."""
+        record.reset()
+        grad = record.param.grad
+        if grad is None:
+            record.ref = None
+        else:
+            record.see(grad)
+            record.old = UNCONFIRMED
+        record.refill = None
+        record.pversion = record.param._version
+
+    def _observe(self, record: Record) -> None:
+        """Bring the record up to date with `.grad`: notice changes made by hand since the last look."""
+        grad = record.param.grad
+        if grad is None:
+            if record.ref is not None:  # set to None by hand (zero_grad() calls are seen as they happen)
+                record.ref = None
+                self._cleared(record, record.content, stack() if record.unconsumed else (), next(clears.clear_ids))
+            return
+        if record.ref is not None and record.ref() is grad:
+            if grad._version == record.version:
+                return  # untouched since we last looked
+            record.version = grad._version
+            if record.unconsumed:  # changed in place after backward(): clipped, unscaled, masked...
+                record.content = summary(grad)
+                if record.old is True:
+                    record.checks.append(record.content)  # old contributions survive only if not zeroed
+            else:  # changed in place with no backward() since the step: set by hand (p.grad.copy_(g))
+                record.reset()
+            return
+        record.see(grad)  # another tensor, assigned by hand: p.grad = g
+        if not record.unconsumed:
+            record.since = self._foreign_steps
+        record.reset()
+        record.hand, record.content = True, summary(grad)
+        record.pversion = record.param._version
+
+    def _cleared(self, record: Record, size: Summary | None, frames: Stack, clear: int) -> None:
+        """`.grad` was cleared: were there contributions no step used?"""
+        moved = record.param._version != record.pversion  # a hand-made update (SAM's first step) used them
+        if record.unconsumed and not self._in_closure and not moved:
+            lost = Lost(record, clear, size, frames, foreign=self._foreign_steps != record.since)
+            if lost.foreign:  # made before another optimizer's step: that step's by-products?
+                record.refill = lost  # judged at this optimizer's step: fine if new ones came since
+            else:
+                self._lost.append(lost)
+        record.reset()
+
+    # -- verdicts --------------------------------------------------------------------------
+    def _report(self, *, step: int, after_last: bool) -> None:
+        records = list(self._records.values())
+        candidates = [] if after_last else [r for r in records if r.param.grad is not None
+                                            and (r.old is True or r.mixed is not None)]
+        lost, self._lost = self._lost, []
+        pending = [s for r in candidates if r.old is True for s in r.checks]
+        pending += [entry.size for entry in lost if entry.size is not None]
+        values = iter(read(pending))  # the one read of this step, when there is anything to read
+        for r in candidates:
+            if r.old is True:  # old contributions are still there unless something zeroed them
+                checked = [next(values) for _ in r.checks]
+                r.old, r.checks = all(nonzero(v) for v in checked), []
+        sizes = {id(entry): next(values) for entry in lost if entry.size is not None}
+        self._report_lost(lost, sizes, len(records), step, after_last)
+        if after_last:
+            return
+        groups: dict[str, list[Record]] = {}
+        for r in candidates:
+            if r.old is True:
+                groups.setdefault("old", []).append(r)
+            if r.mixed is not None:
+                groups.setdefault(r.mixed, []).append(r)
+        k = self.gradient_accumulation_steps
+        if k is not None and any(r.accs > k for r in records):
+            groups["overfull"] = [r for r in records if r.accs > k]
+        frames = stack() if groups else ()
+        if groups and not intended(frames):
+            flagged = sorted({r.index: r for g in groups.values() for r in g}.values(), key=lambda r: r.index)
+            message = messages.stale(groups, len(records), step, k)
+            self._warn(make_finding(step, StaleGradientWarning, [r.name for r in flagged], message, frames), frames)
+
+    def _report_lost(self, lost: list[Lost], sizes: dict[int, float], total: int, step: int,
+                     after_last: bool) -> None:
+        skipped = {entry.clear for entry in lost if not finite(sizes.get(id(entry), 0.0))}
+        kept = [entry for entry in lost if entry.clear not in skipped  # a skipped step is judged whole
+                and nonzero(sizes.get(id(entry), 1.0)) and not intended(entry.frames)]
+        if not kept:
+            return
+        first: dict[int, Lost] = {}
+        for entry in kept:
+            first.setdefault(entry.record.index, entry)
+        entries = [first[i] for i in sorted(first)]
+        places = {"foreign" if e.foreign else "end" if after_last else
+                  "window" if e.record.unconsumed else "step" for e in entries}
+        frames = entries[0].frames or stack()
+        message = messages.discarded([e.record for e in entries], places, total, step, after_last)
+        names = [e.record.name for e in entries]
+        self._warn(make_finding(step, DiscardedGradientWarning, names, message, frames), frames)
+
+    def _warn(self, finding: Finding, frames: Stack) -> None:
+        if self._automatic and _explicit.get(id(self.optimizer)):
+            return  # an explicit guard watches this optimizer and reports for it
+        self.findings.append(finding)
+        count = self._warned[finding.kind] = self._warned[finding.kind] + 1
+        if self.max_warnings is not None and count > self.max_warnings:
+            return
+        if self.max_warnings is not None and count == self.max_warnings:
+            where = "the summary at the end counts them" if self._automatic else "guard.findings lists them all"
+            finding = replace(finding, message=finding.message + f" (Further {finding.kind.__name__}s "
+                              f"are not shown; {where}.)")
+        if self.report is not None:
+            self.report(finding)
+        else:
+            warn(finding, frames)
+
+
+__all__ = ["ZeroGradGuard", "ZeroGradWarning"]

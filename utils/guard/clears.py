@@ -1,0 +1,91 @@
+"""Clears seen as they happen (notebook 08): `zero_grad()` of optimizers and modules, wrapped.
+
+While a guard is active, `torch.optim.Optimizer.zero_grad` and `torch.nn.Module.zero_grad`
+are wrapped: before the real call, each watched parameter's guard looks at `.grad` (and
+starts, on the device, a summary of contributions no step used yet); after it, the guard
+records the clear with the line that called it. So a clear in place is known as a clear
+without reading a value, and the warning can name the `zero_grad()` line. When the last
+guard is removed, the original methods are put back.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from utils.guard.sites import stack
+
+_watchers: dict[int, list[tuple[Any, Any]]] = {}  # id(parameter) -> [(guard, record)]
+_guards: list[Any] = []  # active guards, oldest first
+_originals: dict[str, Any] = {}
+clear_ids = itertools.count(1)  # one number per clearing call (zero_grad(), or p.grad = None seen)
+
+
+def watch(guard: Any) -> None:
+    """Start showing clears to `guard` (the first guard installs the wrappers)."""
+    if not _guards:
+        _install()
+    _guards.append(guard)
+
+
+def unwatch(guard: Any) -> None:
+    """Stop showing clears to `guard` (the last one puts the original methods back)."""
+    if guard in _guards:
+        _guards.remove(guard)
+    for key in list(_watchers):
+        _watchers[key] = [(g, r) for g, r in _watchers[key] if g is not guard]
+        if not _watchers[key]:
+            del _watchers[key]
+    if not _guards:
+        _uninstall()
+
+
+def add(param: torch.Tensor, guard: Any, record: Any) -> None:
+    _watchers.setdefault(id(param), []).append((guard, record))
+
+
+def _clear(params: Iterable[torch.Tensor], original: Any, owner: Any, args: tuple, kwargs: dict) -> Any:
+    for guard in _guards:  # parameters added with add_param_group() since: watch them before the clear
+        guard._attach_if_changed()
+    watched = [pair for p in params if p.grad is not None for pair in _watchers.get(id(p), ())]
+    if not watched:
+        return original(owner, *args, **kwargs)
+    sizes = [guard._before_clear(record) for guard, record in watched]
+    result = original(owner, *args, **kwargs)
+    frames = stack(2) if any(size is not None for size in sizes) else ()
+    clear = next(clear_ids)
+    for (guard, record), size in zip(watched, sizes):
+        guard._after_clear(record, size, frames, clear)
+    return result
+
+
+def _install() -> None:
+    optimizer_zero_grad, module_zero_grad = torch.optim.Optimizer.zero_grad, torch.nn.Module.zero_grad
+    _originals.update(optimizer=optimizer_zero_grad, module=module_zero_grad)
+
+    @functools.wraps(optimizer_zero_grad)
+    def zero_grad_of_optimizer(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        params = [p for group in self.param_groups for p in group["params"]]
+        return _clear(params, optimizer_zero_grad, self, args, kwargs)
+
+    @functools.wraps(module_zero_grad)
+    def zero_grad_of_module(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        return _clear(list(self.parameters()), module_zero_grad, self, args, kwargs)
+
+    torch.optim.Optimizer.zero_grad = zero_grad_of_optimizer
+    torch.nn.Module.zero_grad = zero_grad_of_module
+
+
+def _uninstall() -> None:
+    if _originals:
+        torch.optim.Optimizer.zero_grad = _originals.pop("optimizer")
+        torch.nn.Module.zero_grad = _originals.pop("module")
+
+
+def installed() -> bool:
+    """Are the zero_grad() wrappers in place? (Only while some guard is active.)"""
+    return bool(_originals)
