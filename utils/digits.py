@@ -9,14 +9,16 @@ trains the same run.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from matplotlib.axes import Axes
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from utils.device import make_generator
+
+if TYPE_CHECKING:  # matplotlib is imported only to plot: scripts that train never pay for it
+    from matplotlib.axes import Axes
 
 NUM_TEST = 357  # 1,797 images: 1,440 to train on (45 batches of 32), 357 to test on
 NUM_CLASSES = 10
@@ -130,6 +132,7 @@ def plot_digits(
     A wrong prediction is written "pred ✘ (label)" in a second colour: never colour alone.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
 
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1:] != (1, 8, 8):
         raise TypeError("expected images as a tensor of shape (n, 1, 8, 8), e.g. data.X_train[:12]")
