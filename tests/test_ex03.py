@@ -1,4 +1,5 @@
-"""utils.ex03: the checks of notebook 03 accept right answers and explain wrong ones."""
+"""utils.ex03: the checks of notebook 03 accept right answers, enforce "by hand, no optimizer,
+no .data", and explain wrong ones without giving the answer away."""
 
 import warnings
 
@@ -6,9 +7,22 @@ import pytest
 import torch
 
 from utils import ex03
-from utils.exercises import RIGHT
+from utils.exercises import NOT_YET, RIGHT, reset_tries
 
 
+def said(capsys):
+    """What the checks printed since the last call, with line wraps undone."""
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture(autouse=True)
+def fresh_tries():
+    reset_tries()
+    yield
+    assert "data" not in torch.Tensor.__dict__  # the .data spy is always removed
+
+
+# ---- exercise 1 ---------------------------------------------------------------------------------------------------
 def train_manually(W, b, X, y, lr, num_steps):  # the solution
     for _ in range(num_steps):
         loss = ((X @ W + b - y) ** 2).mean()
@@ -31,6 +45,14 @@ def train_manually_zeroing_in_place(W, b, X, y, lr, num_steps):  # also right
             b.add_(b.grad, alpha=-lr)
 
 
+def train_manually_through_detach(W, b, X, y, lr, num_steps):  # also right: detach() shares the counter
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        W.detach().sub_(lr * W.grad)
+        b.detach().sub_(lr * b.grad)
+        W.grad, b.grad = None, None
+
+
 def train_manually_as_written(W, b, X, y, lr, num_steps):
     for _ in range(num_steps):
         W.grad.data.zero_()
@@ -38,6 +60,33 @@ def train_manually_as_written(W, b, X, y, lr, num_steps):
         ((X @ W + b - y) ** 2).mean().backward()
         W -= lr * W.grad.data
         b -= lr * b.grad.data
+
+
+def train_manually_through_data(W, b, X, y, lr, num_steps):  # runs, and gets the numbers right
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        W.data -= lr * W.grad
+        b.data -= lr * b.grad
+        W.grad, b.grad = None, None
+
+
+def train_manually_clearing_through_data(W, b, X, y, lr, num_steps):  # right numbers, .data to clear
+    for _ in range(num_steps):
+        if W.grad is not None:
+            W.grad.data.zero_()
+            b.grad.data.zero_()
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            W -= lr * W.grad
+            b -= lr * b.grad
+
+
+def train_manually_with_an_optimizer(W, b, X, y, lr, num_steps):  # right numbers, not by hand
+    optimizer = torch.optim.SGD([W, b], lr=lr)
+    for _ in range(num_steps):
+        optimizer.zero_grad()
+        ((X @ W + b - y) ** 2).mean().backward()
+        optimizer.step()
 
 
 def train_manually_without_clearing(W, b, X, y, lr, num_steps):
@@ -76,6 +125,10 @@ def train_manually_with_the_sum(W, b, X, y, lr, num_steps):
         W.grad, b.grad = None, None
 
 
+def train_manually_one_step_short(W, b, X, y, lr, num_steps):
+    train_manually(W, b, X, y, lr, num_steps - 1)
+
+
 def placeholder(W, b, X, y, lr, num_steps):
     ...
 
@@ -83,75 +136,166 @@ def placeholder(W, b, X, y, lr, num_steps):
 def test_exercise_1_accepts_the_modern_loops(capsys):
     assert ex03.check_manual_loop(train_manually)
     assert ex03.check_manual_loop(train_manually_zeroing_in_place)
-    assert capsys.readouterr().out.count(RIGHT) == 2
+    assert ex03.check_manual_loop(train_manually_through_detach)
+    out = said(capsys)
+    assert out.count(RIGHT) == 3 and "no optimizer, no .data" in out
 
 
 @pytest.mark.parametrize(
     "wrong, hint",
     [
-        (train_manually_as_written, "W.grad is None until the first backward()"),
-        (train_manually_without_clearing, "clear W.grad and b.grad every step"),
-        (train_manually_rebinding, "is not a leaf"),
-        (train_manually_without_no_grad, "torch.no_grad()"),
-        (train_manually_with_a_vector_loss, "reduce the loss to one number"),
-        (train_manually_with_the_sum, "((X @ W + b - y) ** 2).mean()"),
-        (placeholder, "replace the ..."),
+        (train_manually_as_written, "nothing to clear yet"),
+        (train_manually_through_data, "no .data anywhere"),
+        (train_manually_clearing_through_data, "no .data anywhere"),
+        (train_manually_with_an_optimizer, "step() ran 5 time(s)"),
+        (train_manually_without_clearing, "what should .grad hold"),
+        (train_manually_rebinding, "not a leaf"),
+        (train_manually_without_no_grad, "autograd records nothing"),
+        (train_manually_with_a_vector_loss, "backward() needs one number"),
+        (train_manually_with_the_sum, "their mean"),
+        (train_manually_one_step_short, "one step short"),
+        (placeholder, "replace the ... with the loop"),
+        (lambda W, b, X, y, lr, num_steps: ((X @ W + b - y) ** 2).mean().backward(), "all zeros"),
         (lambda W, b, X, y, lr, num_steps: 1 / 0, "it raised ZeroDivisionError"),
     ],
 )
-def test_exercise_1_explains_each_wrong_loop(capsys, wrong, hint):
+def test_exercise_1_explains_each_wrong_loop_and_never_praises_it(capsys, wrong, hint):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the rebinding loop reads .grad of a non-leaf
         assert not ex03.check_manual_loop(wrong)
-    assert hint in capsys.readouterr().out
+    out = said(capsys)
+    assert hint in out and NOT_YET in out and RIGHT not in out
 
 
-@pytest.mark.parametrize("bad", [..., None, 3, "train_manually"])
+def test_exercise_1_hints_never_show_the_solutions_code(capsys):
+    for wrong in (train_manually_as_written, train_manually_rebinding, train_manually_without_no_grad,
+                  train_manually_with_a_vector_loss, train_manually_without_clearing):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ex03.check_manual_loop(wrong)
+    out = said(capsys)
+    for code in ("W.grad = None", "torch.no_grad():", ".mean()", "W -= lr"):
+        assert code not in out
+
+
+def test_exercise_1_the_expected_values_wait_for_the_third_try_or_reveal(capsys):
+    ex03.check_manual_loop(train_manually_with_the_sum)
+    assert "expected:" not in said(capsys)
+    ex03.check_manual_loop(train_manually_with_the_sum, reveal=True)
+    assert "expected:" in said(capsys)
+
+
+@pytest.mark.parametrize("bad", [..., None, 3, "train_manually", torch.optim.SGD])
 def test_exercise_1_bad_types_get_a_verdict(capsys, bad):
     assert not ex03.check_manual_loop(bad)
-    out = capsys.readouterr().out
-    assert "expected: a function" in out
+    assert NOT_YET in said(capsys)
 
 
-def test_exercise_2(capsys):
-    assert ex03.momentum_on_zeros() == pytest.approx(0.09)
-    assert ex03.check_momentum_on_zeros(0.09)
-    assert ex03.check_momentum_on_zeros(torch.tensor(0.09))
+def test_the_watch_leaves_torch_as_it_was_even_when_the_learner_raises():
+    before = torch.Tensor.data
+    ex03.check_manual_loop(lambda *args: (_ for _ in ()).throw(KeyError("boom")))
+    ex03.check_manual_loop(train_manually_through_data)
+    assert "data" not in torch.Tensor.__dict__ and torch.Tensor.data is before
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    optimizer.step()  # no step hook left behind to count it
+
+
+# ---- exercise 2 ---------------------------------------------------------------------------------------------------
+def test_exercise_2_the_gradient_after_a_change_through_data(capsys):
+    grad, true_grad = ex03.gradient_after_data()
+    assert (grad, true_grad) == (27.0, 12.0)  # 3 · 3² from the changed w, not 3 · 2²
+    assert ex03.check_gradient_after_data(27)
+    assert ex03.check_gradient_after_data(torch.tensor(27.0))
     capsys.readouterr()
-    for wrong, hint in [(0, "momentum buffer still holds"), (0.1, "step 1's move"), (0.9, "lr times it"),
-                        (0.19, "not added again"), (-0.09, "a distance is positive")]:
-        assert not ex03.check_momentum_on_zeros(wrong)
-        assert hint in capsys.readouterr().out
-    assert not ex03.check_momentum_on_zeros(...)
-    assert "replace the ..." in capsys.readouterr().out
-    assert not ex03.check_momentum_on_zeros("0.09")
-    assert "expected: a number" in capsys.readouterr().out
+    for wrong, hint in [(12, "true gradient at w = 2"), (3, "new value of w"), (9, "3·w²"),
+                        (13, "not to its gradient"), (-27, "sign is wrong")]:
+        reset_tries()
+        assert not ex03.check_gradient_after_data(wrong)
+        out = said(capsys)
+        assert hint in out and "27" not in out.replace("-27", "")  # the answer stays hidden
+    assert not ex03.check_gradient_after_data(...)
+    assert "replace the ..." in said(capsys)
+    assert not ex03.check_gradient_after_data("27")
+    assert "without quotes" in said(capsys)
 
 
-def test_exercise_3_truth_is_computed_by_torch():
-    moving = {name for name, make in ex03.CANDIDATES.items() if ex03.moves_on_zeros(make)}
-    assert moving == {"RMSprop momentum=0.9", "Adamax", "NAdam"}
-    assert not any(ex03.moves_on_zeros(make, set_to_none=True) for make in ex03.CANDIDATES.values())
-    assert set(ex03.WHY) == set(ex03.CANDIDATES)
+# ---- exercise 3 ---------------------------------------------------------------------------------------------------
+def train_with_momentum(W, b, X, y, lr, momentum, num_steps):  # the solution
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            for p, buffer in zip((W, b), buffers):
+                buffer.mul_(momentum).add_(p.grad)
+                p -= lr * buffer
+        W.grad, b.grad = None, None
 
 
-def test_exercise_3(capsys):
-    right = {"RMSprop momentum=0.9", "Adamax", "NAdam"}
-    assert ex03.check_which_move(right)
-    assert ex03.check_which_move(sorted(right))
-    assert ex03.check_which_move(["RMSprop  momentum=0.9", "Adamax", "NAdam"])  # spaces forgiven
-    capsys.readouterr()
-    assert not ex03.check_which_move(right | {"Adagrad"})
-    assert "Adagrad stays" in capsys.readouterr().out
-    assert not ex03.check_which_move({"Adamax", "RMSprop momentum=0.9"})
-    assert "NAdam moves" in capsys.readouterr().out
-    assert not ex03.check_which_move(set(ex03.CANDIDATES))
-    out = capsys.readouterr().out
-    assert "Adagrad stays" in out and "RMSprop stays" in out
+def train_with_momentum_buffers_from_the_first_gradient(W, b, X, y, lr, momentum, num_steps):  # also right
+    buffers = {}
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            for name, p in (("W", W), ("b", b)):
+                buffers[name] = p.grad.clone() if name not in buffers else momentum * buffers[name] + p.grad
+                p -= lr * buffers[name]
+        W.grad, b.grad = None, None
 
 
-@pytest.mark.parametrize("bad, text", [(..., "replace the ..."), ("Adamax", "expected: a set of names"),
-                                       (3, "expected: a set of names"), ({"adam"}, "copy the names")])
-def test_exercise_3_bad_input_gets_a_verdict(capsys, bad, text):
-    assert not ex03.check_which_move(bad)
-    assert text in capsys.readouterr().out
+def train_without_momentum(W, b, X, y, lr, momentum, num_steps):
+    train_manually(W, b, X, y, lr, num_steps)
+
+
+def train_with_dampening(W, b, X, y, lr, momentum, num_steps):
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    for step in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            for p, buffer in zip((W, b), buffers):
+                if step == 0:
+                    buffer.copy_(p.grad)
+                else:
+                    buffer.mul_(momentum).add_((1 - momentum) * p.grad)
+                p -= lr * buffer
+        W.grad, b.grad = None, None
+
+
+def train_with_momentum_never_clearing(W, b, X, y, lr, momentum, num_steps):
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            for p, buffer in zip((W, b), buffers):
+                buffer.mul_(momentum).add_(p.grad)
+                p -= lr * buffer
+
+
+def train_with_momentum_by_optimizer(W, b, X, y, lr, momentum, num_steps):
+    optimizer = torch.optim.SGD([W, b], lr=lr, momentum=momentum)
+    for _ in range(num_steps):
+        optimizer.zero_grad()
+        ((X @ W + b - y) ** 2).mean().backward()
+        optimizer.step()
+
+
+def test_exercise_3_accepts_momentum_by_hand(capsys):
+    assert ex03.check_momentum_by_hand(train_with_momentum)
+    assert ex03.check_momentum_by_hand(train_with_momentum_buffers_from_the_first_gradient)
+    assert said(capsys).count(RIGHT) == 2
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (train_without_momentum, "plain SGD's parameters"),
+        (train_with_dampening, "dampening=0"),
+        (train_with_momentum_never_clearing, "this step's gradient only"),
+        (train_with_momentum_by_optimizer, "step() ran 5 time(s)"),
+        (lambda W, b, X, y, lr, momentum, num_steps: None, "no backward() call"),
+        (lambda W, b, X, y, lr, num_steps: None, "it raised TypeError"),
+    ],
+)
+def test_exercise_3_explains_each_wrong_loop(capsys, wrong, hint):
+    assert not ex03.check_momentum_by_hand(wrong)
+    out = said(capsys)
+    assert hint in out and RIGHT not in out and "expected:" not in out

@@ -1,61 +1,83 @@
-"""Checks for the exercises of notebook 03 (manual descent, `.data` and `set_to_none`).
+"""Checks for the exercises of notebook 03 (manual descent and `.data`).
 
-Each check works its expected answer out with torch, then prints a verdict. A learner's
-answer never raises here: a wrong type, a wrong value or a function that fails all get a
-verdict with a hint.
+Each check works its expected answer out with torch, then prints a verdict (utils.exercises:
+hints first, the answer only after several tries or with `reveal=True`). The two loops "by
+hand" are watched while they run: a step of any `torch.optim` optimizer (a global step hook)
+and any use of `.data` (a spy on the attribute, removed afterwards) get a verdict of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from utils.data import make_regression
-from utils.device import make_generator
-from utils.exercises import Verdict, check_number, describe, verdict
+from utils.exercises import Verdict, call_learner_function, check_number, exercise, verdict
 
-# Exercise 3: optimizers not in the notebook's table, each with lr=0.1.
-CANDIDATES: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "Adagrad": partial(torch.optim.Adagrad, lr=0.1),
-    "RMSprop": partial(torch.optim.RMSprop, lr=0.1),
-    "RMSprop momentum=0.9": partial(torch.optim.RMSprop, lr=0.1, momentum=0.9),
-    "Adamax": partial(torch.optim.Adamax, lr=0.1),
-    "NAdam": partial(torch.optim.NAdam, lr=0.1),
-}
-# Why each candidate moves or stays, for the hints (the answer itself is computed).
-WHY = {
-    "Adagrad": "Adagrad divides this step's gradient by a running scale: a zero gradient "
-    "gives a zero step",
-    "RMSprop": "plain RMSprop divides this step's gradient by a running scale: a zero "
-    "gradient gives a zero step",
-    "RMSprop momentum=0.9": "RMSprop with momentum keeps a buffer of past steps that "
-    "goes on pushing",
-    "Adamax": "Adamax keeps a running mean of past gradients, like Adam's m",
-    "NAdam": "NAdam keeps a running mean of past gradients, like Adam's m",
-}
+NUM_STEPS = 5
+MOMENTUM = 0.9
 
-# The error messages of the old loop's failures, and what to do about each.
-_FAILURES = [
-    ("'NoneType' object has no attribute", "W.grad is None until the first backward(): "
-     "clear it after the update (W.grad = None), not before the first backward()"),
-    ("unsupported operand type(s)", "W = W - lr * W.grad makes a new tensor that is not "
-     "a leaf, so its .grad stays None: update in place, W -= lr * W.grad"),
-    ("only for scalar outputs", "reduce the loss to one number: "
-     "((X @ W + b - y) ** 2).mean()"),
-    ("leaf Variable that requires grad", "update W and b inside with torch.no_grad():"),
+# Errors the old loop invites, and what is wrong in each (never the line that mends it).
+_ERRORS = [
+    ("'NoneType' object has no attribute", "W.grad is None until the first backward(): there is "
+     "nothing to clear yet. Where in the step can the clearing go so that it never meets None?"),
+    ("unsupported operand type(s)", "W = W - ... binds the name to a new tensor, which is not a leaf: "
+     "its .grad stays None (section 3). Change the leaf itself instead"),
+    ("only for scalar outputs", "backward() needs one number: the exercise's loss reduces the squared "
+     "errors to one"),
+    ("leaf Variable that requires grad", "autograd refuses to record an in-place change of a leaf it "
+     "tracks. Where can the update run so that autograd records nothing?"),
+    ("modified by an inplace operation", "the update changed W before a backward() that needed it: "
+     "update after backward(), not between the forward pass and backward()"),
 ]
 
 
-def _loss(W: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return ((X @ W + b - y) ** 2).mean()
+class _DataSpy:
+    """Stands in for `Tensor.data` while a learner's loop runs: counts every read and write."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.uses = 0
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        self.uses += 1
+        return self.original.__get__(obj, objtype)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        self.uses += 1
+        self.original.__set__(obj, value)
 
 
-def _problem() -> tuple[torch.Tensor, torch.Tensor, float, int]:
+@contextmanager
+def _watch() -> Iterator[dict[str, int]]:
+    """Count `.data` uses and `torch.optim` steps inside the block; leave torch as it was."""
+    counts = {"data": 0, "steps": 0}
+    had_own = "data" in torch.Tensor.__dict__
+    previous = torch.Tensor.__dict__.get("data")
+    spy = _DataSpy(torch._C.TensorBase.__dict__["data"])
+    handle = register_optimizer_step_pre_hook(
+        lambda *_: counts.__setitem__("steps", counts["steps"] + 1))
+    torch.Tensor.data = spy
+    try:
+        yield counts
+    finally:
+        if had_own:
+            torch.Tensor.data = previous
+        else:
+            del torch.Tensor.data
+        handle.remove()
+        counts["data"] = spy.uses
+
+
+def _problem() -> tuple[torch.Tensor, torch.Tensor, float]:
     data = make_regression(num_samples=24, num_features=4, seed=103, dtype=torch.float64)
-    return data.X, data.y, 0.1, 5
+    return data.X, data.y, 0.1
 
 
 def _zeros() -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,110 +86,133 @@ def _zeros() -> tuple[torch.Tensor, torch.Tensor]:
     return W, b
 
 
-def _with_sgd(clear: bool) -> torch.Tensor:
-    """W and b, flattened into one tensor, after SGD (clearing .grad each step, or not)."""
-    X, y, lr, num_steps = _problem()
+def _reference(clear: bool = True, num_steps: int = NUM_STEPS, reduce: str = "mean", **options: Any) -> torch.Tensor:
+    """W and b, flattened into one tensor, after torch.optim.SGD with `options`."""
+    X, y, lr = _problem()
     W, b = _zeros()
-    optimizer = torch.optim.SGD([W, b], lr=lr)
+    optimizer = torch.optim.SGD([W, b], lr=lr, **options)
     for _ in range(num_steps):
         if clear:
             optimizer.zero_grad()
-        _loss(W, b, X, y).backward()
+        squared = (X @ W + b - y) ** 2
+        (squared.mean() if reduce == "mean" else squared.sum()).backward()
         optimizer.step()
     return torch.cat([W.detach().flatten(), b.detach()])
 
 
-def check_manual_loop(train_manually: Any) -> Verdict:
-    """Exercise 1: `train_manually(W, b, X, y, lr, num_steps)` updates W and b as SGD would."""
-    what = "train_manually(W, b, X, y, lr, num_steps) trains W and b like torch.optim.SGD"
-    if train_manually is Ellipsis or not callable(train_manually):
-        return verdict(False, what, expected="a function (pass its name, without calling it)",
-                       got=describe(train_manually), hint="replace the ... with your function")
-    X, y, lr, num_steps = _problem()
+def _run_by_hand(fn: Any, what: str, *extra: Any) -> tuple[Verdict | None, torch.Tensor, torch.Tensor]:
+    """Run a learner's loop on fresh zeros, watched; a verdict if it broke the task's rules."""
+    X, y, lr = _problem()
     W, b = _zeros()
-    try:
-        train_manually(W, b, X, y, lr, num_steps)
-    except Exception as error:  # the learner's code: a verdict, never a traceback
-        message = str(error)
-        hint = next((h for key, h in _FAILURES if key in message), "read the error, mend, run again")
-        return verdict(False, what, expected="your function to run",
-                       got=f"it raised {type(error).__name__}: {message[:90]}", hint=hint)
+    backwards: list[int] = []
+    W.register_post_accumulate_grad_hook(lambda _: backwards.append(1))
+    with _watch() as counts:
+        ok, result = call_learner_function(fn, W, b, X, y, lr, *extra, NUM_STEPS, what=what, errors=_ERRORS)
+    if not ok:
+        return result, W, b
+    if not backwards and torch.count_nonzero(W.detach()) == 0:
+        return verdict(False, what, wanted=f"{NUM_STEPS} steps, each with a backward()",
+                       got="no backward() call, and W unchanged",
+                       hint="replace the ... with the loop: the loss, backward(), then the update"), W, b
+    if counts["steps"]:
+        return verdict(False, what, wanted="the update written by hand",
+                       got=f"a torch.optim optimizer's step() ran {counts['steps']} time(s)",
+                       hint="the exercise is the optimizer's job done by hand: what does SGD's step() "
+                       "do to each parameter, in which context?"), W, b
+    if counts["data"]:
+        return verdict(False, what, wanted="no .data anywhere", got="your function read or wrote .data",
+                       hint="every line of the old loop that used .data has a modern replacement: "
+                       "see the table at the end of section 5"), W, b
+    if W._version == 0 and torch.count_nonzero(W.detach()):  # changed without a trace: .data by another road
+        return verdict(False, what, wanted="W updated in place, under autograd's version counter",
+                       got="W changed, but its version counter never moved",
+                       hint="a change autograd cannot see is what section 5 warns against"), W, b
+    return None, W, b
+
+
+@exercise
+def check_manual_loop(train_manually: Any) -> Verdict:
+    """Exercise 1: `train_manually(W, b, X, y, lr, num_steps)`: SGD by hand, no optimizer, no .data."""
+    what = "train_manually(W, b, X, y, lr, num_steps) trains W and b like torch.optim.SGD, by hand"
+    broke, W, b = _run_by_hand(train_manually, what)
+    if broke is not None:
+        return broke
     got = torch.cat([W.detach().flatten(), b.detach()])
     if torch.count_nonzero(got) == 0:
-        return verdict(False, what, expected="W and b changed in place", got="W and b still all zeros",
-                       hint="replace the ... with the loop; update W and b in place (W -= ...), "
-                       "since W = W - ... inside the function leaves the caller's W alone")
-    expected = _with_sgd(clear=True)
+        return verdict(False, what, wanted="W and b changed in place", got="W and b still all zeros",
+                       hint="did the loop run, and did it change the caller's W? Binding the name W to a new "
+                       "tensor inside the function leaves the caller's W alone")
+    expected = _reference()
     if torch.allclose(got, expected):
-        return verdict(True, what + ", with no optimizer")
-    if torch.allclose(got, _with_sgd(clear=False)):
-        return verdict(False, what, expected=expected, got=got,
-                       hint="each step added its gradient to the last ones: clear W.grad and "
-                       "b.grad every step (= None after the update)")
-    return verdict(False, what, expected=expected, got=got,
-                   hint=f"{num_steps} steps of: loss = ((X @ W + b - y) ** 2).mean(), backward(), "
-                   "W -= lr * W.grad and b -= lr * b.grad under torch.no_grad(), then clear .grad")
+        return verdict(True, what + ": no optimizer, no .data")
+    mistakes = [
+        (_reference(clear=False), "each step added its gradient to the last ones: what should .grad hold when "
+         "the next backward() starts?"),
+        (_reference(reduce="sum"), "a sum of squared errors makes every step larger: the exercise's loss is "
+         "their mean"),
+        (_reference(num_steps=NUM_STEPS - 1), "one step short: how many times does your loop run?"),
+        (_reference(num_steps=NUM_STEPS + 1), "one step too many: how many times does your loop run?"),
+    ]
+    hint = next((why for wrong, why in mistakes if torch.allclose(got, wrong)),
+                "compare one step of yours with section 1's loop: the loss, backward(), the update, the clearing")
+    return verdict(False, what, got=got, hint=hint, expected=expected)
 
 
-def momentum_on_zeros(lr: float = 0.1, momentum: float = 0.9) -> float:
-    """How far SGD with momentum moves a parameter in a step where its .grad holds zeros."""
-    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.SGD([p], lr=lr, momentum=momentum)
-    (1.0 * p).sum().backward()  # step 1: gradient 1.0
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=False)  # step 2: zeros, p plays no part
-    before = p.detach().clone()
-    optimizer.step()
-    return float((p.detach() - before).abs())
+def gradient_after_data() -> tuple[float, float]:
+    """Exercise 2's code: (w.grad after w.data.add_(1.0), the true gradient at the forward pass's w)."""
+    w = torch.tensor(2.0, requires_grad=True)
+    (true_grad,) = torch.autograd.grad(w**3, w)
+    loss = w**3
+    w.data.add_(1.0)
+    loss.backward()
+    return float(w.grad), float(true_grad)
 
 
-def check_momentum_on_zeros(answer: Any) -> Verdict:
-    """Exercise 2: SGD(lr=0.1, momentum=0.9), gradient 1.0 then zeros: the move in step 2."""
-    lr, momentum = 0.1, 0.9
+@exercise
+def check_gradient_after_data(answer: Any) -> Verdict:
+    """Exercise 2: `loss = w ** 3` at w = 2, then `w.data.add_(1.0)`, then `backward()`: w.grad?"""
+    got_grad, true_grad = gradient_after_data()
     return check_number(
         answer,
-        momentum_on_zeros(lr, momentum),
-        what="the distance p moves in step 2",
-        hint="the buffer becomes momentum · buffer + 0; the step is lr times the buffer",
+        got_grad,
+        what="w.grad after a change through .data between the forward pass and backward()",
+        hint=["which w does backward() read when it computes the derivative of w³?",
+              "backward() uses the w it saved in the forward pass: the same memory, changed since"],
         mistakes=[
-            (0.0, "with zeros, SGD still steps: the momentum buffer still holds 0.9 × the last gradient"),
-            (lr, "0.1 is step 1's move; in step 2 the buffer has decayed to momentum × 1.0"),
-            (momentum, "0.9 is the buffer; the step is lr times it"),
-            (lr * (1 + momentum), "the old gradient is not added again: the buffer is 0.9 · 1.0 + 0"),
-            (-lr * momentum, "that is the change; a distance is positive"),
+            (true_grad, f"{true_grad:g} is the true gradient at w = 2; did backward() notice that w changed?"),
+            (3.0, "3 is the new value of w, not a gradient"),
+            (9.0, "right w, but the derivative of w³ is 3·w²"),
+            (true_grad + 1.0, "the change is to w, not to its gradient"),
         ],
     )
 
 
-def moves_on_zeros(make_optimizer: Callable[..., torch.optim.Optimizer], set_to_none: bool = False) -> bool:
-    """Whether `unused` moves in step 3 after gradients in steps 1-2 (notebook 03's table)."""
-    gen = make_generator(4)
-    used, unused = (torch.randn(3, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2))
-    optimizer = make_optimizer([used, unused])
-    for step in range(3):
-        optimizer.zero_grad(set_to_none=set_to_none)
-        loss = (used**2).sum() + ((unused**2).sum() if step < 2 else 0.0)
-        before = unused.detach().clone()
-        loss.backward()
-        optimizer.step()
-    return not torch.equal(unused.detach(), before)
+@exercise
+def check_momentum_by_hand(train_with_momentum: Any) -> Verdict:
+    """Exercise 3: `train_with_momentum(W, b, X, y, lr, momentum, num_steps)`: SGD with momentum by hand."""
+    what = "train_with_momentum(W, b, X, y, lr, momentum, num_steps) matches SGD with momentum, by hand"
+    broke, W, b = _run_by_hand(train_with_momentum, what, MOMENTUM)
+    if broke is not None:
+        return broke
+    got = torch.cat([W.detach().flatten(), b.detach()])
+    if torch.count_nonzero(got) == 0:
+        return verdict(False, what, wanted="W and b changed in place", got="W and b still all zeros",
+                       hint="did the loop run, and did it change the caller's W and b in place?")
+    expected = _reference(momentum=MOMENTUM)
+    if torch.allclose(got, expected):
+        return verdict(True, what + ": the history lives in your buffers, not in .grad")
+    mistakes = [
+        (_reference(), "these are plain SGD's parameters: the momentum buffer is missing, or it is not what "
+         "moves W"),
+        (_reference(momentum=MOMENTUM, dampening=MOMENTUM), "the new gradient is scaled by (1 - momentum): "
+         "PyTorch's default adds it whole (dampening=0)"),
+        (_reference(clear=False, momentum=MOMENTUM), "the buffer already keeps the history: .grad must hold "
+         "this step's gradient only"),
+        (_reference(clear=False), "without clearing, .grad is a running sum: momentum 1, not 0.9. Where "
+         "should the decaying history live?"),
+    ]
+    hint = next((why for wrong, why in mistakes if torch.allclose(got, wrong)),
+                "per parameter and step: buffer = momentum · buffer + grad (the first step: buffer = grad), "
+                "then p -= lr · buffer")
+    return verdict(False, what, got=got, hint=hint, expected=expected)
 
-
-def check_which_move(answer: Any) -> Verdict:
-    """Exercise 3: the set of CANDIDATES that move a parameter whose .grad holds zeros."""
-    what = "the optimizers that move a parameter whose .grad holds zeros"
-    if answer is Ellipsis:
-        return verdict(False, what, hint="replace the ... with your answer, then run the cell again")
-    if isinstance(answer, str) or not isinstance(answer, (set, frozenset, list, tuple)):
-        return verdict(False, what, expected='a set of names, such as {"Adagrad"}', got=describe(answer))
-    names = {" ".join(str(n).split()) for n in answer}
-    unknown = sorted(names - set(CANDIDATES))
-    if unknown:
-        return verdict(False, what, expected=f"names from {sorted(CANDIDATES)}", got=f"{unknown}",
-                       hint="copy the names exactly as printed")
-    truth = {name for name, make in CANDIDATES.items() if moves_on_zeros(make)}
-    if names == truth:
-        return verdict(True, f"{what}: {', '.join(sorted(truth))}")
-    extra, missing = sorted(names - truth), sorted(truth - names)
-    hints = [f"{n} stays: {WHY[n]}" for n in extra] + [f"{n} moves: {WHY[n]}" for n in missing]
-    return verdict(False, what, expected=f"{len(truth)} names", got=f"{sorted(names)}", hint="; ".join(hints))
