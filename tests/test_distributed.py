@@ -11,13 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utils.distributed import (
+    SEQUENCES_PER_MICRO_BATCH,
     JobConfig,
     course_job,
     make_data,
     make_model,
+    make_token_data,
+    make_token_model,
     micro_batch,
     micro_batch_rows,
     params_close,
+    rank_sequences,
+    train,
+    train_tokens,
 )
 from utils.plotting import plot_counts
 
@@ -70,7 +76,8 @@ def test_params_close_compares_lists_of_tensors():
     "kwargs, words",
     [({"world_size": 0}, "world_size as an int >= 1"), ({"train_batch_size": 2.5}, "train_batch_size"),
      ({"gradient_accumulation_steps": True}, "gradient_accumulation_steps"), ({"lr": 0}, "lr as a number > 0"),
-     ({"lr": "0.1"}, "lr as a number > 0")],
+     ({"lr": "0.1"}, "lr as a number > 0"), ({"seed": -1}, "seed as an int >= 0"),
+     ({"seed": 1.5}, "seed as an int >= 0")],
 )
 def test_bad_config_is_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
@@ -101,3 +108,38 @@ def test_plot_counts_refuses_bad_input(counts, words):
         plot_counts(counts)
     with pytest.raises(TypeError, match="matplotlib Axes"):
         plot_counts({"a": 1}, ax="axes")
+
+
+def test_make_model_takes_a_seed_and_defaults_to_the_configs():
+    config = JobConfig(seed=3)
+    assert all(map(torch.equal, make_model(config).parameters(), make_model(config, seed=3).parameters()))
+    assert not any(map(torch.equal, make_model(config).parameters(), make_model(config, seed=4).parameters()))
+
+
+@settings(max_examples=30, deadline=None)
+@given(world_size=st.integers(1, 4), gradient_accumulation_steps=st.integers(1, 4), seed=st.integers(0, 50))
+def test_the_ranks_token_sequences_partition_the_steps_sequences(world_size, gradient_accumulation_steps, seed):
+    config = JobConfig(world_size=world_size, gradient_accumulation_steps=gradient_accumulation_steps, seed=seed)
+    inputs, labels = make_token_data(config)
+    per_rank = gradient_accumulation_steps * SEQUENCES_PER_MICRO_BATCH
+    assert inputs.shape[0] == labels.shape[0] == world_size * per_rank and inputs.dtype == torch.float64
+    rows = [row for rank in range(world_size) for row in range(len(labels))[rank_sequences(config, rank)]]
+    assert rows == list(range(len(labels)))
+    assert all(map(torch.equal, make_token_data(config), make_token_data(config)))
+
+
+def test_the_token_job_holds_unequal_token_counts_per_rank():
+    config = JobConfig()
+    _, labels = make_token_data(config)
+    counts = [int((labels[rank_sequences(config, r)] != -100).sum()) for r in range(2)]
+    assert counts == [19, 30]
+    model = make_token_model(config)
+    assert model.weight.shape == (5, 4) and model.weight.dtype == torch.float64
+    assert all(map(torch.equal, model.parameters(), make_token_model(config).parameters()))
+
+
+def test_train_refuses_an_unknown_sync_or_normalisation_before_starting():
+    with pytest.raises(ValueError, match="expected sync as one of"):
+        train(0, JobConfig(), sync="sometimes")
+    with pytest.raises(ValueError, match="expected normalise as one of"):
+        train_tokens(0, JobConfig(), normalise="by_magic")

@@ -1,10 +1,21 @@
-"""utils.ex07: the checks of notebook 07 accept right answers and explain the common wrong ones."""
+"""utils.ex07: the checks of notebook 07 accept right answers, enforce the task, and explain the
+common wrong ones without giving the answer away."""
 
 import contextlib
 
 import pytest
 
 from utils import ex07
+from utils.exercises import reset_tries
+
+
+@pytest.fixture(autouse=True)
+def fresh_tries():
+    reset_tries()
+
+
+def flat(out: str) -> str:
+    return " ".join(out.split())  # verdicts wrap lines at spaces
 
 
 def accumulation_steps_for(effective_batch_size, world_size, train_batch_size):  # the solution
@@ -14,9 +25,29 @@ def accumulation_steps_for(effective_batch_size, world_size, train_batch_size): 
     return steps
 
 
+def only_world_size_checked(effective_batch_size, world_size, train_batch_size):
+    if effective_batch_size % world_size:
+        raise ValueError("does not divide")
+    return effective_batch_size // (world_size * train_batch_size)
+
+
+def only_train_batch_size_checked(effective_batch_size, world_size, train_batch_size):
+    if effective_batch_size % train_batch_size:
+        raise ValueError("does not divide")
+    return effective_batch_size // (world_size * train_batch_size)
+
+
 def test_exercise_1_right(capsys):
     assert ex07.check_accumulation_steps_for(accumulation_steps_for)
-    assert "with a ValueError" in capsys.readouterr().out
+    assert "with a ValueError" in flat(capsys.readouterr().out)
+
+
+def test_the_not_fitting_cases_include_one_where_world_size_divides_but_the_product_does_not():
+    assert (32, 2, 3) in ex07.NOT_FITTING and 32 % 2 == 0 and 32 % (2 * 3)
+    for effective, world_size, train_batch_size in ex07.NOT_FITTING:
+        assert effective % (world_size * train_batch_size)
+    for effective, world_size, train_batch_size in ex07.FITTING:
+        assert effective % (world_size * train_batch_size) == 0
 
 
 @pytest.mark.parametrize(
@@ -27,29 +58,44 @@ def test_exercise_1_right(capsys):
         (lambda e, w, t: e, "that is the effective batch itself"),
         (lambda e, w, t: e / (w * t), "return an int"),
         (lambda e, w, t: None, "your function returns None"),
-        (lambda e, w, t: e * w * t, "solve effective = world_size"),
-        (lambda e, w, t: e // (w * t), "3 × 4 × 2 is not 32"),  # forgets the ValueError
-        (lambda e, w, t: 1 / 0 if e == 32 and w == 3 else e // (w * t), "raise ValueError(...) when"),
+        (lambda e, w, t: e * w * t, "samples per step, not 32"),
+        (lambda e, w, t: e // (w * t), "3 × 4 × 2 = 24, not 32"),  # forgets the ValueError
+        (only_world_size_checked, "accumulation_steps_for(32, 2, 3) to raise ValueError"),
+        (only_train_batch_size_checked, "accumulation_steps_for(32, 3, 4) to raise ValueError"),
+        (lambda e, w, t: 1 / 0 if e % (w * t) else e // (w * t), "raise ValueError(...) yourself"),
         (lambda e, w: e, "it raised TypeError"),
         (..., "replace the ..."),
         (4, "pass its name"),
+        (int, "the class int"),
     ],
 )
 def test_exercise_1_wrong(answer, words, capsys):
     assert not ex07.check_accumulation_steps_for(answer)
-    assert words in capsys.readouterr().out
+    out = flat(capsys.readouterr().out)
+    assert words in out and "expected:" not in out
+
+
+def test_exercise_1_the_expected_value_waits_for_the_third_try(capsys):
+    wrong = lambda e, w, t: e // t  # noqa: E731
+    for _ in range(2):
+        ex07.check_accumulation_steps_for(wrong)
+        assert "expected:" not in capsys.readouterr().out
+    ex07.check_accumulation_steps_for(wrong)
+    assert "expected: accumulation_steps_for(32, 2, 4) == 4" in flat(capsys.readouterr().out)
 
 
 def test_exercise_2(capsys):
     assert ex07.check_loss_divisor(8)
     assert ex07.check_loss_divisor(8.0)
     capsys.readouterr()
-    for wrong, words in [(32, "DDP already divides"), (4, "DDP already averages"), (1, "8 times too big"),
+    for wrong, words in [(32, "DDP already divides"), (4, "DDP already averages"), (1, "how many does backward()"),
                          (2, "already averages over the train_batch_size"), (..., "replace the ...")]:
+        reset_tries()
         assert not ex07.check_loss_divisor(wrong)
-        assert words in capsys.readouterr().out
+        out = flat(capsys.readouterr().out)
+        assert words in out and "8 times" not in out and "expected:" not in out
     assert not ex07.check_loss_divisor("8")
-    assert "expected: a number such as 8" in capsys.readouterr().out
+    assert "without quotes" in capsys.readouterr().out
 
 
 def test_exercise_2_divisor_is_worked_out_with_torch():
@@ -65,7 +111,20 @@ def sync_context(model, micro_step, gradient_accumulation_steps):  # the solutio
 
 def test_exercise_3_right(capsys):
     assert ex07.check_sync_context(sync_context)
-    assert "all but the last" in capsys.readouterr().out
+    assert "all but the last" in flat(capsys.readouterr().out)
+
+
+class Hostile:
+    def __getattr__(self, name):
+        raise RuntimeError(f"no {name}")
+
+
+class BrokenContext:
+    def __enter__(self):
+        raise KeyError("broken")
+
+    def __exit__(self, *args):
+        return False
 
 
 @pytest.mark.parametrize(
@@ -76,14 +135,18 @@ def test_exercise_3_right(capsys):
         (lambda model, m, k: model.no_sync() if m > 0 else contextlib.nullcontext(), "sync on the last"),
         (lambda model, m, k: model.no_sync() if m != 1 else contextlib.nullcontext(), "only the last micro-step"),
         (lambda model, m, k: model.no_sync, "call it: model.no_sync()"),
+        (lambda model, m, k: contextlib.nullcontext, "that is the class nullcontext"),
         (lambda model, m, k: None, "something `with` can enter"),
+        (lambda model, m, k: Hostile(), "something `with` can enter"),
+        (lambda model, m, k: BrokenContext(), "`with` on it raised KeyError"),
         (lambda model, m, k: model.sync(), "it raised AttributeError"),
         (..., "replace the ..."),
+        (contextlib.nullcontext, "the class nullcontext"),
     ],
 )
 def test_exercise_3_wrong(answer, words, capsys):
     assert not ex07.check_sync_context(answer)
-    assert words in capsys.readouterr().out
+    assert words in flat(capsys.readouterr().out)
 
 
 def test_the_stand_in_model_restores_syncing_after_an_error():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from utils.device import get_device
-from utils.measure import SavedTensorMeter, grads, largest_difference
+from utils.measure import BackwardCounter, SavedTensorMeter, grads, largest_difference
 
 device = get_device()
 
@@ -144,3 +144,54 @@ def test_largest_difference_is_exact_and_takes_lists_or_tensors():
 def test_largest_difference_bad_input(a, b, error):
     with pytest.raises(error, match="expected"):
         largest_difference(a, b)
+
+
+def test_backward_counter_counts_backward_calls_per_step_and_after_the_last():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    X = torch.ones(4, 2)
+    with BackwardCounter(model, optimizer) as counter:
+        for calls in (3, 1, 2):
+            for _ in range(calls):
+                model(X).sum().backward()
+            optimizer.step()
+        model(X).sum().backward()
+        with torch.no_grad():
+            model(X)  # a forward pass without backward() counts nothing
+        torch.autograd.grad(model(X).sum(), list(model.parameters()))  # adds nothing into .grad
+    assert counter.per_step == [3, 1, 2] and counter.pending == 1
+    model(X).sum().backward()
+    optimizer.step()
+    assert counter.per_step == [3, 1, 2] and counter.pending == 1  # removed on leaving the block
+
+
+def test_backward_counter_counts_one_backward_of_a_summed_window_once():
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    counter = BackwardCounter(model, optimizer)
+    sum(model(torch.ones(1, 2)).sum() for _ in range(4)).backward()
+    optimizer.step()
+    counter.remove()
+    assert counter.per_step == [1]
+
+
+def test_backward_counter_skips_frozen_parameters():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[0].requires_grad_(False)
+    optimizer = torch.optim.SGD(model[1].parameters(), lr=0.1)
+    with BackwardCounter(model, optimizer) as counter:
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+    assert counter.per_step == [1]
+
+
+@pytest.mark.parametrize("model, optimizer, error, words", [
+    ("model", "optimizer", TypeError, "expected a torch.nn.Module, got str"),
+    (nn.Linear(2, 1), [torch.zeros(1)], TypeError, "pass the optimizer, not model.parameters()"),
+    (nn.Linear(2, 1).requires_grad_(False), None, ValueError, "no parameter that requires grad"),
+])
+def test_backward_counter_bad_input(model, optimizer, error, words):
+    if optimizer is None:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    with pytest.raises(error, match=words):
+        BackwardCounter(model, optimizer)

@@ -1,202 +1,183 @@
 """Checks for the exercises of notebook 05 (gradient accumulation).
 
 Each check works its expected answer out with torch, recognises the usual mistakes by
-running them too, then prints a verdict.
+running them too, then prints a verdict. Hints say what is wrong, never the answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from utils.data import make_regression, make_token_sequences
-from utils.exercises import Verdict, call_learner_function, check_number, describe, verdict
+from utils.data import make_regression
+from utils.exercises import Verdict, call_learner_function, check_number, exercise, verdict
+from utils.measure import BackwardCounter
 
 
-def _count_steps(num_samples: int, train_batch_size: int, gradient_accumulation_steps: int) -> int:
-    """Run the accumulation loop on a one-weight model and count optimizer.step() calls."""
+def _steps_of_window_loop(num_samples: int, train_batch_size: int, gradient_accumulation_steps: int,
+                          num_epochs: int) -> int:
+    """Run the window loop of notebook 05 on a one-weight model and count optimizer steps."""
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([weight], lr=0.1)
     steps = []
     optimizer.register_step_post_hook(lambda *_: steps.append(1))
-    for i, X in enumerate(torch.ones(num_samples, 1).split(train_batch_size)):
-        ((X @ weight).mean() / gradient_accumulation_steps).backward()
-        if (i + 1) % gradient_accumulation_steps == 0:
+    micro_batches = list(torch.ones(num_samples, 1).split(train_batch_size))
+    for _ in range(num_epochs):
+        for start in range(0, len(micro_batches), gradient_accumulation_steps):
+            window = micro_batches[start:start + gradient_accumulation_steps]
+            num_in_window = sum(len(X) for X in window)
+            for X in window:
+                ((X @ weight).sum() / num_in_window).backward()
             optimizer.step()
             optimizer.zero_grad()
     return len(steps)
 
 
-def check_optimizer_steps(answer: Any) -> Verdict:
-    """Exercise 1: 96 samples, train_batch_size 8, gradient_accumulation_steps 4: how many steps?"""
-    num_samples, train_batch_size, gradient_accumulation_steps = 96, 8, 4
-    micro_batches = num_samples // train_batch_size
-    effective = train_batch_size * gradient_accumulation_steps
+@exercise
+def check_total_steps(answer: Any) -> Verdict:
+    """Exercise 1: 100 samples, train_batch_size 8, k = 4, 3 epochs: the scheduler's total_steps."""
+    num_samples, train_batch_size, k, num_epochs = 100, 8, 4, 3
+    micro_per_epoch = math.ceil(num_samples / train_batch_size)
     return check_number(
         answer,
-        _count_steps(num_samples, train_batch_size, gradient_accumulation_steps),
-        what="optimizer.step() calls in one pass over 96 samples",
-        hint="backward() runs once per micro-batch; step() once per gradient_accumulation_steps of them",
+        _steps_of_window_loop(num_samples, train_batch_size, k, num_epochs),
+        what="total_steps for 3 epochs of the window loop",
+        hint="count the micro-batches of one epoch (the last may be short), then the windows "
+             "they make, then multiply by the epochs",
         mistakes=[
-            (micro_batches, f"{micro_batches} is the number of micro-batches (backward() calls); "
-                            "step() runs once every gradient_accumulation_steps of them"),
-            (effective, f"{effective} is the effective batch, train_batch_size × gradient_accumulation_steps"),
-            (num_samples / gradient_accumulation_steps,
-             "gradient_accumulation_steps counts micro-batches, not samples"),
+            (num_epochs * (micro_per_epoch // k),
+             "that counts only full windows (integer division): the short last window of each "
+             "epoch steps too, so round up"),
+            (micro_per_epoch // k, "that is one epoch's full windows; the run has 3 epochs and "
+                                   "every window steps, the short last one too"),
+            (math.ceil(micro_per_epoch / k), "that is one epoch; the scheduler counts the whole run"),
+            (num_epochs * micro_per_epoch, "that counts micro-batches (backward() calls); a step "
+                                           "comes once per window"),
+            (micro_per_epoch, "that is the micro-batches of one epoch; the scheduler counts steps"),
+            (num_epochs * num_samples / (train_batch_size * k),
+             "samples ÷ effective batch is not a whole number: a step is a whole window, so round up "
+             "per epoch"),
         ],
     )
 
 
-def _regression_setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
-    data = make_regression(num_samples=48, num_features=3, seed=104, dtype=torch.float64)
+SIZE, NUM_MICRO, K, LR = 4, 10, 4, 0.1  # 10 micro-batches of 4 samples: windows of 4, 4 and 2
+
+
+def _setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    data = make_regression(num_samples=SIZE * NUM_MICRO, num_features=3, seed=104, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):  # leave the learner's random state alone
         model = nn.Linear(3, 1).double()
     with torch.no_grad():
         model.weight.copy_(torch.linspace(-1.0, 1.0, 3, dtype=torch.float64))
         model.bias.fill_(0.5)
-    micro_batches = [(X.clone(), y.clone()) for X, y in zip(data.X.split(4), data.y.split(4))]
-    return model, micro_batches
+    return model, [(X.clone(), y.clone()) for X, y in zip(data.X.split(SIZE), data.y.split(SIZE))]
 
 
-def _variant(kind: str, model: nn.Module, micro_batches: list, k: int, lr: float) -> list[torch.Tensor]:
-    """Train with a known mistake in the accumulation loop; return the final parameters."""
-    loss_fn = nn.MSELoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for i, (X, y) in enumerate(micro_batches):
-        if kind == "zero_grad after backward":
-            optimizer.zero_grad()
-        loss = loss_fn(model(X), y)
-        (loss if kind == "no division" else loss / k).backward()
-        if kind == "step every micro-batch" or (i + 1) % k == 0:
-            optimizer.step()
-            if kind != "never zero_grad":
-                optimizer.zero_grad()
+def _params(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _big_batch_training(model: nn.Module, micro_batches: list, k: int, lr: float) -> list[torch.Tensor]:
-    """Train with one step per batch of k micro-batches put together; return the final parameters."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for start in range(0, len(micro_batches), k):
-        X, y = (torch.cat(parts) for parts in zip(*micro_batches[start:start + k]))
+def _big_batches() -> list[torch.Tensor]:
+    """One step per window of micro-batches put together, the last window shorter."""
+    model, micro_batches = _setup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    for start in range(0, len(micro_batches), K):
+        X, y = (torch.cat(parts) for parts in zip(*micro_batches[start:start + K]))
         nn.MSELoss()(model(X), y).backward()
         optimizer.step()
         optimizer.zero_grad()
-    return [p.detach().clone() for p in model.parameters()]
+    return _params(model)
+
+
+def _variant(kind: str) -> list[torch.Tensor]:
+    """Train one epoch with a known mistake (an unknown kind: the last window divided by k)."""
+    model, micro_batches = _setup()
+    loss_fn, optimizer = nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=LR)
+    last = len(micro_batches) - 1
+    for i, (X, y) in enumerate(micro_batches):
+        if kind == "zero_grad before backward":
+            optimizer.zero_grad()
+        loss = loss_fn(model(X), y)
+        (loss if kind == "no division" else loss / K).backward()
+        window_ends = (i + 1) % K == 0 or (i == last and kind != "leaky")
+        if kind == "step every micro-batch" or window_ends:
+            optimizer.step()
+            if kind != "never zero_grad":
+                optimizer.zero_grad()
+    return _params(model)
 
 
 MISTAKES = {
-    "no division": "the loss of each micro-batch must be divided by gradient_accumulation_steps: "
-                   "without it the step is gradient_accumulation_steps times too large",
-    "zero_grad after backward": "zero_grad() runs before every backward(), so only the last micro-batch "
-                                "reaches the step: call it only after step()",
-    "step every micro-batch": "step() runs after every micro-batch: call it only when "
-                              "(i + 1) % gradient_accumulation_steps == 0",
-    "never zero_grad": "the gradient of one window leaks into the next: call optimizer.zero_grad() after "
-                       "optimizer.step()",
+    "leaky": "the short last window never reaches optimizer.step(): step at the end of the "
+             "epoch too",
+    "last window divided by k": "the short last window is divided as if it were full, so its step "
+                                "is too small: normalise by what the window really holds",
+    "no division": "each micro-batch's loss must be normalised: without it the step is "
+                   "gradient_accumulation_steps times too large",
+    "zero_grad before backward": "zero_grad() runs before every backward(), so only the last "
+                                 "micro-batch of a window reaches the step",
+    "step every micro-batch": "step() runs after every micro-batch instead of once per window",
+    "never zero_grad": "the gradient of one window leaks into the next: clear it after each step",
 }
 
 
-def check_accumulation_loop(train_with_accumulation: Any) -> Verdict:
-    """Exercise 2: `train_with_accumulation(model, loss_fn, optimizer, micro_batches, k)` trains
-    like batches of k micro-batches put together."""
-    what = "train_with_accumulation(...) trains like one big batch per step"
-    k, lr = 4, 0.1
-    model, micro_batches = _regression_setup()
-    start = [p.detach().clone() for p in model.parameters()]
-    truth = _big_batch_training(model, micro_batches, k, lr)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    with torch.no_grad():
-        for p, s in zip(model.parameters(), start):
-            p.copy_(s)
-    ok, result = call_learner_function(train_with_accumulation, model, nn.MSELoss(), optimizer,
-                                       micro_batches, k, what=what)
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x, z, rtol=1e-7, atol=1e-10) for x, z in zip(a, b))
+
+
+@exercise
+def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
+    """Exercise 2: `train_one_epoch(model, loss_fn, optimizer, micro_batches, k)`: one epoch,
+    a backward() per micro-batch, a step per window (the short last one too)."""
+    what = "train_one_epoch(...) steps like one big batch per window"
+    model, micro_batches = _setup()
+    start = _params(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    rows_per_forward: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: rows_per_forward.append(
+        len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else -1))
+    with BackwardCounter(model, optimizer) as counter:
+        ok, result = call_learner_function(train_one_epoch, model, nn.MSELoss(), optimizer,
+                                           list(micro_batches), K, what=what)
+    hook.remove()
     if not ok:
         return result
-    got = [p.detach().clone() for p in model.parameters()]
-    if all(torch.allclose(g, t) for g, t in zip(got, truth)):
-        return verdict(True, what + f": the same parameters as steps on batches of {len(micro_batches[0][0]) * k}")
-    if all(torch.equal(g, s) for g, s in zip(got, start)):
-        return verdict(False, what, expected="the parameters to change", got="they did not",
-                       hint="train on every micro-batch and call optimizer.step() at the end of each window")
+    got = _params(model)
+    if any(rows > SIZE for rows in rows_per_forward):
+        return verdict(False, what, wanted=f"forward passes of one micro-batch ({SIZE} samples)",
+                       got=f"forward passes on up to {max(rows_per_forward)} samples",
+                       hint="give every micro-batch its own forward pass: putting a window together "
+                            "is the big batch itself, the memory that accumulation exists to save")
+    backward_calls = sum(counter.per_step) + counter.pending
+    if not counter.per_step:
+        same_start = all(torch.equal(g, s) for g, s in zip(got, start))
+        hint = ("nothing was trained: call backward() on every micro-batch and optimizer.step() at the "
+                "end of every window" if same_start else
+                "the parameters moved, but not through the optimizer you were given: call its step()")
+        return verdict(False, what, wanted="optimizer.step() at the end of every window",
+                       got="no call of the given optimizer's step()", hint=hint)
+    if 0 < backward_calls < NUM_MICRO:
+        return verdict(False, what, wanted="one backward() per micro-batch",
+                       got=f"{backward_calls} backward() calls for {NUM_MICRO} micro-batches",
+                       hint="call backward() on each micro-batch's loss: adding a window's losses and "
+                            "calling backward() once keeps every micro-batch's activations until the end")
+    if _same(got, _big_batches()):
+        if counter.pending:
+            return verdict(False, what, got="gradients left in .grad after the last step",
+                           hint="backward() ran after the last optimizer.step(): every micro-batch "
+                                "belongs to a window that ends with a step")
+        return verdict(True, what + ": one backward() per micro-batch, windows of 4, 4 and 2")
+    steps = f"steps after {counter.per_step} micro-batches" + (
+        f", {counter.pending} left over" if counter.pending else "")
+    if counter.pending and counter.per_step == [K] * (NUM_MICRO // K):
+        return verdict(False, what, got=steps, hint=MISTAKES["leaky"])
     for kind, hint in MISTAKES.items():
-        fresh, _ = _regression_setup()
-        if all(torch.allclose(g, m) for g, m in zip(got, _variant(kind, fresh, micro_batches, k, lr))):
-            return verdict(False, what, hint=hint)
-    return verdict(False, what, expected=torch.cat([t.flatten() for t in truth]),
-                   got=torch.cat([g.flatten() for g in got]),
-                   hint="per micro-batch: loss / gradient_accumulation_steps, backward(); "
-                        "every gradient_accumulation_steps: step(), then zero_grad()")
-
-
-def _token_setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    inputs, labels = make_token_sequences(num_sequences=8, max_len=10, num_features=3, vocab_size=4,
-                                          seed=105, dtype=torch.float64)
-    with torch.random.fork_rng(devices=[]):
-        model = nn.Linear(3, 4).double()
-    with torch.no_grad():
-        model.weight.copy_(torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(4, 3))
-        model.bias.zero_()
-    return model, inputs, labels
-
-
-def _accumulated_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
-                          loss_of: Callable[[torch.Tensor, torch.Tensor, int], Any], what: str = ""
-                          ) -> torch.Tensor | Verdict:
-    """Backward through `loss_of(logits, labels, num_tokens_in_step)` per micro-batch of 2 sequences.
-
-    Returns the accumulated gradient, or a printed Verdict if `loss_of` fails or returns no loss.
-    """
-    model.zero_grad()
-    num_tokens = int((labels != -100).sum())
-    for inputs_micro, labels_micro in zip(inputs.split(2), labels.split(2)):
-        ok, loss = call_learner_function(loss_of, model(inputs_micro), labels_micro, num_tokens, what=what)
-        if not ok:
-            return loss
-        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
-            got = describe(loss) + ("" if not isinstance(loss, torch.Tensor) or loss.requires_grad
-                                    else " that backward() cannot use")
-            return verdict(False, what, expected="a one-element loss tensor built from logits", got=got,
-                           hint="return the loss itself (no .item()), computed from logits and labels")
-        loss.backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
-def _ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction=reduction)
-
-
-TOKEN_MISTAKES = [
-    (lambda lo, la, n: _ce(lo, la) / 4, "that is the mean per micro-batch divided by "
-     "gradient_accumulation_steps, the October 2024 bug: tokens in short micro-batches weigh more"),
-    (lambda lo, la, n: _ce(lo, la), "that is each micro-batch's mean, added up: divide a sum over "
-     "tokens by num_tokens_in_step instead"),
-    (lambda lo, la, n: _ce(lo, la, "sum"), "the sum over tokens is right; now divide it by num_tokens_in_step"),
-    (lambda lo, la, n: _ce(lo, la, "sum") / la.numel(),
-     "la.numel() counts this micro-batch's positions, padding included: divide by num_tokens_in_step"),
-]
-
-
-def check_token_loss(micro_batch_token_loss: Any) -> Verdict:
-    """Exercise 3: `micro_batch_token_loss(logits, labels, num_tokens_in_step)` makes the accumulated
-    gradient equal the gradient of the mean over all real tokens of the step."""
-    what = "micro_batch_token_loss(...) accumulates to the mean over all tokens of the step"
-    model, inputs, labels = _token_setup()
-    model.zero_grad()
-    _ce(model(inputs), labels).backward()
-    truth = torch.cat([p.grad.flatten() for p in model.parameters()])
-    result = _accumulated_gradient(model, inputs, labels, micro_batch_token_loss, what)
-    if isinstance(result, Verdict):
-        return result
-    if torch.allclose(result, truth):
-        return verdict(True, what)
-    for wrong, hint in TOKEN_MISTAKES:
-        if torch.allclose(result, _accumulated_gradient(model, inputs, labels, wrong)):
-            return verdict(False, what, hint=hint)
-    return verdict(False, what, expected=truth, got=result,
-                   hint='F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") '
-                        "/ num_tokens_in_step")
+        if kind != "leaky" and _same(got, _variant(kind)):
+            return verdict(False, what, got=steps, hint=hint)
+    return verdict(False, what, got=steps,
+                   hint="compare each step with one step on its window's micro-batches put together: "
+                        "does every sample weigh the same, in the short window too?")

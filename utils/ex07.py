@@ -12,13 +12,19 @@ from typing import Any, Iterator
 import torch
 
 from utils.device import make_generator
-from utils.exercises import Verdict, call_learner_function, check_number, describe, verdict
+from utils.exercises import Verdict, _short, call_learner_function, check_number, describe, exercise, verdict
+
+FITTING = [(32, 2, 4), (32, 1, 4), (32, 8, 4), (96, 3, 4), (64, 4, 2)]
+# No whole number of micro-batches fits: neither factor divides 32; world_size divides it but
+# the product does not (32 / 2 = 16, 16 / 3 is not whole); train_batch_size divides, world_size not.
+NOT_FITTING = [(32, 3, 4), (32, 2, 3), (30, 4, 3)]
 
 
+@exercise
 def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
     """Exercise 1: `accumulation_steps_for(effective_batch_size, world_size, train_batch_size)`."""
     what = "accumulation_steps_for(effective_batch_size, world_size, train_batch_size)"
-    for effective, world_size, train_batch_size in [(32, 2, 4), (32, 1, 4), (32, 8, 4), (96, 3, 4), (64, 4, 2)]:
+    for effective, world_size, train_batch_size in FITTING:
         expected = effective // (world_size * train_batch_size)
         call = f"accumulation_steps_for({effective}, {world_size}, {train_batch_size})"
         ok, result = call_learner_function(accumulation_steps_for, effective, world_size, train_batch_size,
@@ -29,36 +35,47 @@ def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
             if result is None:
                 hint = "your function returns None: end it with return and the number of micro-batches"
             elif isinstance(result, float) and result == expected:
-                hint = "return an int: range() needs a whole number of micro-batches; use //"
+                hint = "return an int: range() needs a whole number of micro-batches"
             else:
-                hint = "return a whole number"
-            return verdict(False, what, expected=f"{call} == {expected}", got=describe(result), hint=hint)
+                hint = "return a whole number of micro-batches"
+            return verdict(False, what, wanted=f"{call} to return an int", got=describe(result), hint=hint,
+                           expected=f"{call} == {expected}")
         if result != expected:
             hints = {
                 effective // train_batch_size: "you left out world_size: every process adds train_batch_size "
                 "samples per micro-batch",
                 effective // world_size: "you left out train_batch_size: each micro-batch holds that many samples",
-                effective: "that is the effective batch itself; divide it by world_size × train_batch_size",
+                effective: "that is the effective batch itself, not a number of micro-batches",
             }
-            return verdict(False, what, expected=f"{call} == {expected}", got=f"{result}",
-                           hint=hints.get(result, "solve effective = world_size × train_batch_size × steps "
-                                          "for steps"))
-    return _check_indivisible(accumulation_steps_for, what)
+            product = world_size * train_batch_size * result
+            return verdict(False, what, got=f"{call} returned {result}",
+                           hint=hints.get(result, f"{world_size} × {train_batch_size} × {result} = {product} "
+                                          f"samples per step, not {effective}"),
+                           expected=f"{call} == {expected}")
+    for case in NOT_FITTING:
+        if (early := _check_not_fitting(accumulation_steps_for, what, *case)) is not None:
+            return early
+    return verdict(True, what + ", with a ValueError when no whole number of micro-batches fits")
 
 
-def _check_indivisible(accumulation_steps_for: Any, what: str) -> Verdict:
-    call = "accumulation_steps_for(32, 3, 4)"  # 32 samples cannot be 3 × 4 × a whole number
+def _check_not_fitting(accumulation_steps_for: Any, what: str, effective: int, world_size: int,
+                       train_batch_size: int) -> Verdict | None:
+    """None if `accumulation_steps_for` raises ValueError for these sizes, else a verdict."""
+    call = f"accumulation_steps_for({effective}, {world_size}, {train_batch_size})"
+    wanted = f"{call} to raise ValueError: no whole number of micro-batches gives {effective} samples"
     try:
-        result = accumulation_steps_for(32, 3, 4)
+        result = accumulation_steps_for(effective, world_size, train_batch_size)
     except ValueError:
-        return verdict(True, what + ", with a ValueError when no whole number of micro-batches fits")
+        return None
     except Exception as error:
-        return verdict(False, what, expected=f"{call} to raise ValueError", got=f"{type(error).__name__}: {error}",
-                       hint="raise ValueError(...) when effective_batch_size % (world_size * "
-                       "train_batch_size) is not 0")
-    return verdict(False, what, expected=f"{call} to raise ValueError", got=describe(result),
-                   hint=f"3 × 4 × {result} is not 32: no whole number of micro-batches gives that "
-                   "effective batch, so say so with a ValueError")
+        return verdict(False, what, wanted=wanted, got=f"it raised {type(error).__name__}: {_short(error)}",
+                       hint="raise ValueError(...) yourself, with a message that says what does not fit")
+    if isinstance(result, (int, float)) and not isinstance(result, bool):
+        hint = (f"{world_size} × {train_batch_size} × {result:g} = {world_size * train_batch_size * result:g}, "
+                f"not {effective}: check the whole product, not one factor")
+    else:
+        hint = "raise a ValueError when the effective batch is not a whole number of micro-steps"
+    return verdict(False, what, wanted=wanted, got=f"it returned {describe(result)}", hint=hint)
 
 
 def _divisor_for(world_size: int, gradient_accumulation_steps: int, train_batch_size: int = 2) -> float:
@@ -76,6 +93,7 @@ def _divisor_for(world_size: int, gradient_accumulation_steps: int, train_batch_
     return float(torch.linalg.vector_norm(ddp) / torch.linalg.vector_norm(whole))
 
 
+@exercise
 def check_loss_divisor(answer: Any) -> Verdict:
     """Exercise 2: world_size 4, gradient_accumulation_steps 8: divide each micro-batch's loss by?"""
     world_size, steps = 4, 8
@@ -89,7 +107,8 @@ def check_loss_divisor(answer: Any) -> Verdict:
              "all-reduced sum by world_size, so this step would be 4 times too small"),
             (world_size, "DDP already averages over the 4 processes; what is left is the sum over "
              "micro-batches that backward() builds on each one"),
-            (1, "backward() adds 8 micro-batch gradients: undivided, the step is 8 times too big"),
+            (1, "undivided, each process's .grad is the sum of its micro-batches' gradients, not their "
+                "mean: how many does backward() add up on one process?"),
             (2, "loss_fn already averages over the train_batch_size samples of a micro-batch"),
         ],
     )
@@ -118,17 +137,31 @@ def _synced_micro_steps(sync_context: Any, steps: int, what: str) -> tuple[bool,
         ok, context = call_learner_function(sync_context, model, micro_step, steps, what=what)
         if not ok:
             return False, context
-        if not (hasattr(context, "__enter__") and hasattr(context, "__exit__")):
-            hint = ("call it: model.no_sync() returns the context manager, model.no_sync is the method"
-                    if callable(context) else
-                    "return model.no_sync() or contextlib.nullcontext(), something `with` can enter")
-            return False, verdict(False, what, expected="a context manager for `with`", got=describe(context),
+        try:
+            enterable = hasattr(context, "__enter__") and hasattr(context, "__exit__")
+        except Exception:  # an object whose attribute lookup itself raises
+            enterable = False
+        if isinstance(context, type) or not enterable:
+            if isinstance(context, type):
+                hint = (f"that is the class {context.__name__}; `with` needs an object of it: add the "
+                        "parentheses that call it")
+            elif callable(context):
+                hint = "call it: model.no_sync() returns the context manager, model.no_sync is the method"
+            else:
+                hint = "return something `with` can enter: a context manager"
+            return False, verdict(False, what, wanted="a context manager object for `with`", got=describe(context),
                                   hint=hint)
-        with context:
-            synced.append(model.syncing)  # where loss.backward() would run
+        try:
+            with context:
+                synced.append(model.syncing)  # where loss.backward() would run
+        except Exception as error:
+            return False, verdict(False, what, wanted="a context manager object for `with`",
+                                  got=f"`with` on it raised {type(error).__name__}: {_short(error)}",
+                                  hint="return model.no_sync() or contextlib.nullcontext(), called")
     return True, synced
 
 
+@exercise
 def check_sync_context(sync_context: Any) -> Verdict:
     """Exercise 3: `sync_context(model, micro_step, gradient_accumulation_steps)` for `with`."""
     what = "sync_context(model, micro_step, gradient_accumulation_steps)"
@@ -147,6 +180,6 @@ def check_sync_context(sync_context: Any) -> Verdict:
                 hint = "sync on the last micro-batch, so that its all-reduce carries all of them"
             else:
                 hint = "only the last micro-step, micro_step == gradient_accumulation_steps - 1, syncs"
-            return verdict(False, what, expected=f"an all-reduce at micro-step {steps - 1} only", got=got,
-                           hint=hint)
+            return verdict(False, what, wanted=f"one all-reduce per window of {steps} micro-steps", got=got,
+                           hint=hint, expected=f"an all-reduce at micro-step {steps - 1} only")
     return verdict(True, what + ": no_sync() for all but the last micro-batch")

@@ -1,4 +1,4 @@
-"""Measure what training keeps: bytes saved for backward, and gradients to compare (notebook 05).
+"""Measure what training keeps and does: saved bytes, gradients, backward() calls per step (notebook 05).
 
 `SavedTensorMeter` counts the tensors a forward pass saves for `backward()` (activations),
 through `torch.autograd.graph.saved_tensors_hooks`. It counts each distinct storage once and
@@ -102,3 +102,47 @@ def largest_difference(
         diff = x.detach().cpu().double() - y.detach().cpu().double()
         largest = max(largest, float(diff.abs().max())) if diff.numel() else largest
     return largest
+
+
+class BackwardCounter:
+    """Count the backward() calls that reach each `optimizer.step()` (notebook 05).
+
+    A post-accumulate-grad hook on the model's first trainable parameter counts every
+    backward() that adds into its `.grad`; a step post-hook on the optimizer records the
+    count at each step and starts a new one. `per_step[i]` is how many backward() calls
+    came before step i (since the previous step); `pending` counts those after the last
+    step. Use it in a `with` block, or call `remove()` when done.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}; pass the model itself")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                            "pass the optimizer, not model.parameters()")
+        param = next((p for p in model.parameters() if p.requires_grad), None)
+        if param is None:
+            raise ValueError("the model has no parameter that requires grad: nothing to count")
+        self.per_step: list[int] = []
+        self.pending = 0
+        self._handles = [param.register_post_accumulate_grad_hook(self._count_backward),
+                         optimizer.register_step_post_hook(self._count_step)]
+
+    def _count_backward(self, param: torch.Tensor) -> None:
+        self.pending += 1
+
+    def _count_step(self, *args: object) -> None:
+        self.per_step.append(self.pending)
+        self.pending = 0
+
+    def remove(self) -> None:
+        """Stop counting: remove both hooks (the counts stay readable)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> BackwardCounter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()

@@ -146,3 +146,38 @@ def plot_running_sum(grads: Sequence[torch.Tensor | None], ax: Axes | None = Non
     ax.set_ylabel("value held in .grad")
     ax.legend()
     return ax
+
+
+def plot_schedules(
+    schedules: dict[str, Sequence[float]], ax: Axes | None = None, *, steps_per_epoch: int | None = None
+) -> Axes:
+    """Plot the learning rate each optimizer step gets, one line per schedule (notebook 05).
+
+    Steps count from 1. `steps_per_epoch` draws a thin vertical line where each epoch ends.
+    Each schedule gets its own colour, line style and marker.
+    """
+    if not isinstance(schedules, dict) or not schedules:
+        raise TypeError("expected a non-empty dict mapping a schedule's name to its learning rates")
+    if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
+                                        or steps_per_epoch < 1):
+        raise ValueError(f"expected steps_per_epoch as an int >= 1 or None, got {steps_per_epoch!r}")
+    ax = _axes(ax)
+    longest = 0
+    for i, (name, rates) in enumerate(schedules.items()):
+        try:
+            values = [float(v) for v in rates]
+        except (TypeError, ValueError):
+            raise ValueError(f"expected the schedule {name!r} as a list of numbers, got {rates!r}") from None
+        if not values:
+            raise ValueError(f"the schedule {name!r} has no learning rates to plot")
+        longest = max(longest, len(values))
+        ax.plot(range(1, len(values) + 1), values, linestyle=LINESTYLES[i % len(LINESTYLES)],
+                marker=MARKERS[i % len(MARKERS)], label=str(name))
+    if steps_per_epoch is not None:
+        for end in range(steps_per_epoch, longest, steps_per_epoch):
+            ax.axvline(end + 0.5, color="0.6", linewidth=1, linestyle=":")
+    ax.set_xticks(range(1, longest + 1))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.legend()
+    return ax

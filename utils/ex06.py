@@ -1,0 +1,275 @@
+"""Checks for the exercises of notebook 06 (accumulation in real loops).
+
+Each check works its expected answer out with torch, recognises the usual mistakes by
+running them too, then prints a verdict. Hints say what is wrong, never the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.data import make_regression, make_token_sequences
+from utils.exercises import Verdict, call_learner_function, check_number, describe, exercise, verdict
+from utils.measure import BackwardCounter
+
+
+def _sample_weights(split: list[int], divisor: float) -> torch.Tensor:
+    """How much each sample's loss weighs in the window's loss: d(window loss) / d(its loss)."""
+    per_sample_losses = torch.ones(sum(split), dtype=torch.float64, requires_grad=True)
+    sum(part.mean() / divisor for part in per_sample_losses.split(split)).backward()
+    return per_sample_losses.grad
+
+
+@exercise
+def check_weight_ratio(answer: Any) -> Verdict:
+    """Exercise 1: micro-batches of 10, 10, 10 and 2, mean / 4: the weight of a sample of the 2
+    against one of a 10."""
+    weights = _sample_weights([10, 10, 10, 2], divisor=4)
+    ratio = float(weights[-1] / weights[0])
+    return check_number(
+        answer,
+        ratio,
+        what="how many times a sample of the micro-batch of 2 weighs one of a micro-batch of 10",
+        hint=["each micro-batch's mean, divided by 4, shares a quarter of the step among its samples: "
+              "how many share it in each micro-batch?",
+              "a sample of a micro-batch of n samples weighs 1 / (4 n)"],
+        mistakes=[
+            (1 / ratio, "that is the other way round: which micro-batch has fewer samples to share its "
+                        "quarter of the step?"),
+            (1.0, "with the mean per micro-batch, samples weigh the same only when the micro-batches "
+                  "are equal"),
+            (4.0, "4 is gradient_accumulation_steps, the same for every micro-batch: compare the "
+                  "micro-batch sizes"),
+        ],
+    )
+
+
+def _token_setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    inputs, labels = make_token_sequences(num_sequences=8, max_len=10, num_features=3, vocab_size=4,
+                                          seed=105, dtype=torch.float64)
+    with torch.random.fork_rng(devices=[]):  # leave the learner's random state alone
+        model = nn.Linear(3, 4).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linspace(-1.0, 1.0, 12, dtype=torch.float64).reshape(4, 3))
+        model.bias.zero_()
+    return model, inputs, labels
+
+
+def _ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction=reduction)
+
+
+def _accumulated_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                          loss_of: Callable[[torch.Tensor, torch.Tensor, int], Any], what: str = ""
+                          ) -> torch.Tensor | Verdict:
+    """Backward through `loss_of(logits, labels, num_tokens_in_step)` per micro-batch of 2 sequences.
+
+    Returns the accumulated gradient, or a printed Verdict if `loss_of` fails or returns no loss.
+    """
+    model.zero_grad()
+    num_tokens = int((labels != -100).sum())
+    for inputs_micro, labels_micro in zip(inputs.split(2), labels.split(2)):
+        ok, loss = call_learner_function(loss_of, model(inputs_micro), labels_micro, num_tokens, what=what)
+        if not ok:
+            return loss
+        if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+            hint = ("return the loss tensor itself: .item() or a float cannot carry a gradient"
+                    if isinstance(loss, (int, float)) and not isinstance(loss, bool) else
+                    "build the loss from logits with torch operations, and return it")
+            return verdict(False, what, wanted="a loss tensor built from logits, that backward() can use",
+                           got=describe(loss), hint=hint)
+        if loss.numel() != 1:
+            return verdict(False, what, wanted="one number per micro-batch (a one-element tensor)",
+                           got=describe(loss), hint="reduce the per-token losses to one number for the "
+                                                    "micro-batch")
+        loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+TOKEN_MISTAKES = [
+    (lambda lo, la, n: _ce(lo, la) / 4, "that is each micro-batch's mean divided by "
+     "gradient_accumulation_steps, the October 2024 bug: tokens in short micro-batches weigh more"),
+    (lambda lo, la, n: _ce(lo, la), "that is each micro-batch's own mean (its sum over its own "
+     "tokens), added up: tokens in short micro-batches weigh more, and 4 means add up to 4 times one"),
+    (lambda lo, la, n: _ce(lo, la, "sum"), "every token weighs the same now: what must the sum be "
+     "divided by to become the step's mean?"),
+    (lambda lo, la, n: _ce(lo, la, "sum") / la.numel(),
+     "la.numel() counts this micro-batch's positions, padding included, and only this micro-batch's"),
+]
+
+
+@exercise
+def check_token_loss(micro_batch_token_loss: Any) -> Verdict:
+    """Exercise 2: `micro_batch_token_loss(logits, labels, num_tokens_in_step)` makes the accumulated
+    gradient equal the gradient of the mean over all real tokens of the step."""
+    what = "micro_batch_token_loss(...) accumulates to the mean over all tokens of the step"
+    model, inputs, labels = _token_setup()
+    model.zero_grad()
+    _ce(model(inputs), labels).backward()
+    truth = torch.cat([p.grad.flatten() for p in model.parameters()])
+    result = _accumulated_gradient(model, inputs, labels, micro_batch_token_loss, what)
+    if isinstance(result, Verdict):
+        return result
+    if torch.allclose(result, truth):
+        return verdict(True, what)
+    for wrong, hint in TOKEN_MISTAKES:
+        if torch.allclose(result, _accumulated_gradient(model, inputs, labels, wrong)):
+            return verdict(False, what, got="a gradient unlike the step's token mean", hint=hint)
+    return verdict(False, what, got="a gradient unlike the step's token mean",
+                   hint=["is padding (-100) left out, is every token summed, and is the sum divided by "
+                         "the tokens of the whole step?",
+                         "F.cross_entropy's reduction= decides between a mean and a sum"])
+
+
+class _CountingScaler(torch.amp.GradScaler):
+    """A real CPU GradScaler that records the learner's calls of scale, unscale_, step, update."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.calls: list[str] = []
+        self._inside_step = False
+
+    def scale(self, outputs: Any) -> Any:
+        self.calls.append("scale")
+        return super().scale(outputs)
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        if not self._inside_step:  # step() unscales by itself when the learner did not
+            self.calls.append("unscale_")
+        super().unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append("step")
+        self._inside_step = True
+        try:
+            return super().step(optimizer, *args, **kwargs)
+        finally:
+            self._inside_step = False
+
+    def update(self, new_scale: Any = None) -> None:
+        self.calls.append("update")
+        super().update(new_scale)
+
+
+SIZE, NUM_MICRO, K, LR, MAX_NORM = 4, 10, 4, 0.1, 5.0  # windows of 4, 4 and 2 micro-batches
+
+
+def _scaled_setup(overflow: bool = False) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    data = make_regression(num_samples=SIZE * NUM_MICRO, num_features=3, seed=106)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.linspace(-1.0, 1.0, 3))
+        model.bias.fill_(0.5)
+    X = data.X.clone()
+    if overflow:
+        X[5 * SIZE] = 1e30  # micro-batch 5, in the second window: its loss overflows float32
+    return model, [(Xm.clone(), ym.clone()) for Xm, ym in zip(X.split(SIZE), data.y.split(SIZE))]
+
+
+def _reference(kind: str = "right", overflow: bool = False) -> list[torch.Tensor]:
+    """The epoch, right or with a known mistake, on a real GradScaler; the final parameters."""
+    model, micro_batches = _scaled_setup(overflow)
+    optimizer, scaler = torch.optim.SGD(model.parameters(), lr=LR), torch.amp.GradScaler("cpu")
+    for start in range(0, NUM_MICRO, K):
+        window = micro_batches[start:start + K]
+        for X, y in window:
+            scaler.scale(nn.MSELoss()(model(X), y) / len(window)).backward()
+        if kind == "clip before unscale_":  # the same as no unscale_: step() unscales later
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        scaler.unscale_(optimizer)
+        if kind == "right":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+SCALER_MISTAKES = {
+    "clip before unscale_": "the clip measured the norm of scaled gradients, thousands of times too "
+                            "large: call scaler.unscale_(optimizer) before clipping",
+    "no clipping": "the steps are not clipped: clip to max_norm once per window, after unscale_",
+}
+_SCALER_ERRORS = [
+    ("No inf checks were recorded prior to update", "scaler.update() ran where this step had no "
+     "scaler.step() yet: it belongs once per optimizer step, after scaler.step()"),
+    ("unscale_() has already been called", "scaler.unscale_() ran twice in one step: once per window "
+     "is enough, right before clipping"),
+    ("_scale is None", "the scaler was asked to unscale what it never scaled: call backward() on "
+     "scaler.scale(loss)"),
+    ("unscale_() is being called after step()", "the scaler still counts the last step as running: "
+     "scaler.update() must follow every scaler.step()"),
+]
+
+
+def _run_scaled(fn: Any, overflow: bool, what: str) -> tuple[Any, ...]:
+    model, micro_batches = _scaled_setup(overflow)
+    optimizer, scaler = torch.optim.SGD(model.parameters(), lr=LR), _CountingScaler()
+    rows: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: rows.append(
+        len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else -1))
+    with BackwardCounter(model, optimizer) as counter:
+        ok, result = call_learner_function(fn, model, nn.MSELoss(), optimizer, scaler, list(micro_batches),
+                                           K, MAX_NORM, what=what, errors=_SCALER_ERRORS)
+    hook.remove()
+    return ok, result, [p.detach().clone() for p in model.parameters()], scaler.calls, counter, rows
+
+
+def _close(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x, z, rtol=1e-5, atol=1e-7) for x, z in zip(a, b))
+
+
+@exercise
+def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
+    """Exercise 3: an epoch of windows (the short last one too) with a GradScaler and clipping."""
+    what = "train_one_epoch_scaled(...) scales, unscales once, clips and steps once per window"
+    ok, result, got, calls, counter, rows = _run_scaled(train_one_epoch_scaled, False, what)
+    if not ok:
+        return result
+    windows = -(-NUM_MICRO // K)
+    if any(r > SIZE for r in rows):
+        return verdict(False, what, wanted=f"forward passes of one micro-batch ({SIZE} samples)",
+                       got=f"forward passes on up to {max(rows)} samples",
+                       hint="give every micro-batch its own forward pass and backward()")
+    if sum(counter.per_step) + counter.pending != NUM_MICRO:
+        return verdict(False, what, wanted="one backward() per micro-batch",
+                       got=f"{sum(counter.per_step) + counter.pending} backward() calls for {NUM_MICRO} "
+                           "micro-batches", hint="call backward() on each micro-batch's scaled loss")
+    if calls.count("scale") != NUM_MICRO:
+        return verdict(False, what, wanted="each micro-batch's loss scaled with scaler.scale(...)",
+                       got=f"scaler.scale() called {calls.count('scale')} times for {NUM_MICRO} micro-batches",
+                       hint="without the scale, float16 gradients can underflow: call backward() on "
+                            "scaler.scale(loss)")
+    if calls.count("step") != windows or len(counter.per_step) != windows:
+        return verdict(False, what, wanted="scaler.step(optimizer) once per window, the short last one too",
+                       got=f"scaler.step() {calls.count('step')} times, optimizer steps after "
+                           f"{counter.per_step} micro-batches",
+                       hint="step through the scaler, scaler.step(optimizer), at the end of every window: "
+                            "it skips a step whose gradients hold an inf or NaN")
+    if calls.count("update") != windows:
+        return verdict(False, what, wanted="scaler.update() once per optimizer step",
+                       got=f"scaler.update() called {calls.count('update')} times for {windows} steps",
+                       hint="update() adjusts the scale from what scaler.step() found: once after every "
+                            "scaler.step()")
+    if not _close(got, _reference()):
+        for kind, hint in SCALER_MISTAKES.items():
+            if _close(got, _reference(kind)):
+                return verdict(False, what, got="parameters unlike the right epoch's", hint=hint)
+        return verdict(False, what, got="parameters unlike the right epoch's",
+                       hint="check the normalisation of the short last window, and that each step "
+                            "unscales, clips and steps once")
+    ok, result, got, calls, _, _ = _run_scaled(train_one_epoch_scaled, True, what)
+    if not ok:
+        return result
+    if not all(torch.isfinite(p).all() for p in got) or not _close(got, _reference(overflow=True)):
+        return verdict(False, what + ", when a window overflows",
+                       got="a window with an inf in its gradients changed the parameters",
+                       hint="a window whose gradients hold an inf must be skipped: scaler.step(optimizer) "
+                            "does that, optimizer.step() does not")
+    return verdict(True, what + "; a window that overflows is skipped")
