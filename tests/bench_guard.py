@@ -5,7 +5,9 @@ Usage: python tests/bench_guard.py [--rounds N] [--min-run-time SECONDS]
 A step is `zero_grad()`, forward, `backward()`, `step()` on a small MLP. Each case is timed
 with `torch.utils.benchmark` (which synchronises a GPU), in rounds that alternate plain and
 guarded, so that a busy machine slows both alike; the ratio of the medians is printed. The
-device is the course's (`utils.device.get_device`: COURSE_DEVICE=cpu|cuda forces it). This is
+device is the course's (`utils.device.get_device`: COURSE_DEVICE=cpu|cuda forces it). The
+last column counts the guard's reads of values from the device per step (each one a
+synchronisation on a GPU; tests/test_guard_cost.py bounds them at one per step). This is
 a report, not a test: pytest does not collect it and it never fails on a slow result.
 """
 
@@ -21,6 +23,7 @@ from torch.utils.benchmark import Timer
 
 from utils.device import describe_environment, get_device, make_generator
 from utils.guard import ZeroGradGuard
+from utils.guard.reads import reads_made
 
 # (label, layer widths, batch size, optimizer, zero_grad's set_to_none)
 CASES = [
@@ -72,22 +75,26 @@ def main() -> None:
     clock = time.perf_counter if wall else time.process_time
     print(describe_environment(device))
     print(f"clock: {'wall-clock' if wall else 'CPU time of this process'}")
-    print(f"{'case':52} {'plain µs':>9} {'guarded µs':>10} {'ratio':>6}")
+    print(f"{'case':52} {'plain µs':>9} {'guarded µs':>10} {'ratio':>6} {'reads/step':>10}")
     ratios = []
     for label, widths, batch, name, set_to_none in CASES:
         _, plain_step = make_step(widths, batch, name, set_to_none, device)
         optimizer, guarded_step = make_step(widths, batch, name, set_to_none, device)  # a twin
         times: dict[bool, list[float]] = {False: [], True: []}
-        with warnings.catch_warnings(), ZeroGradGuard(optimizer):
+        with warnings.catch_warnings(), ZeroGradGuard(optimizer) as guard:
             warnings.simplefilter("error")  # a correct loop: any guard warning would be a bug
             for round_ in range(-1, args.rounds):  # round -1 warms up: caches, optimizer state
                 for guarded in ((False, True) if round_ % 2 else (True, False)):
                     seconds = median_seconds(guarded_step if guarded else plain_step, args.min_run_time, clock)
                     if round_ >= 0:
                         times[guarded].append(seconds)
+            steps_before, reads_before = guard.steps, reads_made()
+            for _ in range(20):  # reads from the device per step, counted apart from the timing
+                guarded_step()
+            reads = (reads_made() - reads_before) / (guard.steps - steps_before)
         plain, guarded = statistics.median(times[False]), statistics.median(times[True])
         ratios.append(guarded / plain)
-        print(f"{label:52} {plain * 1e6:9.1f} {guarded * 1e6:10.1f} {guarded / plain:6.2f}")
+        print(f"{label:52} {plain * 1e6:9.1f} {guarded * 1e6:10.1f} {guarded / plain:6.2f} {reads:10.2f}")
     print(f"guarded / plain step time: {min(ratios):.2f} to {max(ratios):.2f} "
           f"(median {statistics.median(ratios):.2f}) on {device}")
 

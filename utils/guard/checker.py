@@ -124,15 +124,14 @@ class ZeroGradGuard:
     def _attach_new_params(self, at_start: bool = False) -> None:
         """Hook every parameter that requires grad: at the start, or added, unfrozen or materialised later."""
         self._groups_seen = len(self.optimizer.param_groups)
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
+        for i, group in enumerate(self.optimizer.param_groups):
+            for j, p in enumerate(group["params"]):
                 if id(p) in self._records or not p.requires_grad:
                     continue
                 if torch.nn.parameter.is_lazy(p):  # a lazy module's: hooked after its first forward
                     self._waiting.add(id(p))
                     continue
-                record = Record(p, self._names.get(id(p)) or f"a parameter of shape {tuple(p.shape)}",
-                                len(self._records))
+                record = Record(p, self._names.get(id(p)) or f"param_groups[{i}]['params'][{j}]", len(self._records))
                 if p.grad is not None:
                     record.see(p.grad)
                     if id(p) in self._waiting:  # materialised in this window: its first contribution
@@ -262,6 +261,10 @@ class ZeroGradGuard:
 
     def _cleared(self, record: Record, size: Summary | None, frames: Stack, clear: int) -> None:
         """`.grad` was cleared: were there contributions no step used?"""
+        if not record.unconsumed:
+            if record.old is not False:
+                record.reset()
+            return
         moved = record.param._version != record.pversion  # a hand-made update (SAM's first step) used them
         if record.unconsumed and not self._in_closure and not moved:
             lost = Lost(record, clear, size, frames, foreign=self._foreign_steps != record.since)

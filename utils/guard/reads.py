@@ -11,6 +11,12 @@ from __future__ import annotations
 import torch
 
 Summary = tuple[torch.Tensor, torch.Tensor]  # (smallest, largest) entry, 0-dim, still on the device
+_reads = [0]  # reads made so far in this process (tests/bench_guard.py reports them per step)
+
+
+def reads_made() -> int:
+    """How many reads from the device the guard has made in this process."""
+    return _reads[0]
 
 
 def summary(grad: torch.Tensor) -> Summary:
@@ -34,6 +40,7 @@ def read(summaries: list[Summary]) -> list[float]:
     if len(devices) > 1:  # model parallel: gather on one device first, then read once
         flat = [value.to(target, non_blocking=True) for value in flat]
     values = torch.stack(flat).tolist()  # the one read
+    _reads[0] += 1
     result = []
     for low, high in zip(values[0::2], values[1::2]):
         result.append(float("nan") if low != low or high != high else max(-low, high))
