@@ -9,7 +9,8 @@
 #   make bench     each notebook's nbval time as a ratio to the floor (import torch),
 #                  then the zero_grad checker's overhead per training step (make bench-guard)
 #   make test-threads  strict nbval with OMP_NUM_THREADS=1, then 2
-#   make test-launch   Binder configuration and JupyterLab in Chromium (needs /usr/bin/chromium)
+#   make test-launch   Binder configuration; the learner copies of every lesson run in JupyterLab
+#                      in Chromium (needs /usr/bin/chromium), screenshots in build/screenshots/
 #   make test-gpu      strict nbval with the device forced to CUDA
 
 PYTHON ?= python3

@@ -1,10 +1,17 @@
-"""Binder reads binder/ as intended: Python 3.11, CPU-only PyTorch, utils installed by postBuild."""
+"""Binder reads binder/ as intended: Python 3.11, CPU-only PyTorch, utils installed by postBuild,
+the learners' copies made and JupyterLab's course settings written, the badge opening 01's copy."""
 
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from utils import workbooks
 
 ROOT = Path(__file__).resolve().parents[2]
 BINDER = ROOT / "binder"
@@ -45,12 +52,32 @@ def test_postbuild_makes_utils_importable_like_make_does():
     assert "pip install --quiet --no-deps --no-build-isolation -e ." in (ROOT / "Makefile").read_text()
 
 
-def test_readme_badge_opens_jupyterlab_at_notebook_01():
+def test_postbuild_makes_the_learners_copies_and_the_lab_settings(tmp_path):
+    """Run postBuild's own commands (after its pip line) on a copy of the course, with JupyterLab's
+    application folder in a temporary place: the copies and the settings appear."""
+    course = tmp_path / "course"
+    shutil.copytree(ROOT / "notebooks", course / "notebooks")
+    shutil.copytree(ROOT / "utils", course / "utils", ignore=shutil.ignore_patterns("__pycache__"))
+    lines = [line for line in (BINDER / "postBuild").read_text().splitlines()
+             if line.startswith("python -m utils.workbooks")]
+    assert [line.split()[3] for line in lines] == ["make", "lab-settings"]
+    env = dict(os.environ, JUPYTERLAB_DIR=str(tmp_path / "lab"))
+    for line in lines:
+        subprocess.run([sys.executable] + line.split()[1:], cwd=course, env=env, check=True, capture_output=True)
+    for lesson in workbooks.lessons(ROOT):
+        assert (course / "workbooks" / lesson.name).is_file()
+    settings = json.loads((tmp_path / "lab" / "settings" / "overrides.d" / "zero-grad-course.json").read_text())
+    assert settings == workbooks.LAB_SETTINGS
+
+
+@pytest.mark.xfail(strict=True, reason="README.md (the lead's) still opens notebooks/01: update the badge to "
+                   "urlpath=lab/tree/workbooks/01-gradients-accumulate.ipynb, then remove this mark")
+def test_readme_badge_opens_jupyterlab_at_the_copy_of_notebook_01():
     readme = (ROOT / "README.md").read_text()
     badge = re.search(r"\[!\[Binder\]\(https://mybinder.org/badge_logo.svg\)\]\((?P<url>[^)]+)\)", readme)
     assert badge, "README needs the Binder badge"
     url = badge["url"]
     assert url.startswith("https://mybinder.org/v2/gh/")
     path = url.split("urlpath=lab/tree/", 1)[1]
-    assert (ROOT / path).is_file(), f"the badge opens {path}, which does not exist"
-    assert path == "notebooks/01-gradients-accumulate.ipynb"
+    first = workbooks.lessons(ROOT)[0].name
+    assert path == f"{workbooks.FOLDER}/{first}", f"the badge opens {path}, not the learner's copy of {first}"
