@@ -1,0 +1,182 @@
+"""utils.ex04: the checks of notebook 04 accept right answers, enforce the task, and explain wrong
+ones without giving the answer away."""
+
+import pytest
+import torch
+
+from utils import ex04
+from utils.exercises import NOT_YET, RIGHT, reset_tries
+
+MOVING = {"RMSprop momentum=0.9", "Adamax", "NAdam"}
+
+
+def said(capsys):
+    """What the checks printed since the last call, with line wraps undone."""
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.fixture(autouse=True)
+def fresh_tries():
+    reset_tries()
+
+
+# ---- exercise 1 ---------------------------------------------------------------------------------------------------
+def test_exercise_1(capsys):
+    assert ex04.momentum_on_zeros() == pytest.approx(0.09)
+    assert ex04.check_momentum_on_zeros(0.09)
+    assert ex04.check_momentum_on_zeros(torch.tensor(0.09))
+    capsys.readouterr()
+    for wrong, hint in [(0, "what is still in the momentum buffer"), (0.1, "step 1's move"),
+                        (0.9, "the buffer itself"), (0.19, "not added a second time"),
+                        (-0.09, "a distance is positive"), (0.5, "too far from 0")]:
+        reset_tries()
+        assert not ex04.check_momentum_on_zeros(wrong)
+        out = said(capsys)
+        assert hint in out and "expected:" not in out  # the answer stays hidden
+    assert not ex04.check_momentum_on_zeros(...)
+    assert "replace the ..." in said(capsys)
+    assert not ex04.check_momentum_on_zeros("0.09")
+    assert "without quotes" in said(capsys)
+
+
+def test_exercise_1_reveals_on_request(capsys):
+    ex04.check_momentum_on_zeros(0.5, reveal=True)
+    assert "expected: 0.09" in said(capsys)
+
+
+# ---- exercise 2 ---------------------------------------------------------------------------------------------------
+def test_exercise_2_truth_is_computed_by_torch_and_none_moves_nothing():
+    moving = {name for name, make in ex04.CANDIDATES.items() if ex04.moves_on_zeros(make)}
+    assert moving == MOVING
+    assert not any(ex04.moves_on_zeros(make, set_to_none=True) for make in ex04.CANDIDATES.values())
+
+
+def test_exercise_2_accepts_the_set_in_any_container(capsys):
+    assert ex04.check_which_move(MOVING)
+    assert ex04.check_which_move(sorted(MOVING))
+    assert ex04.check_which_move(["RMSprop  momentum=0.9", "Adamax", "NAdam"])  # spaces forgiven
+    assert said(capsys).count(RIGHT) == 3
+
+
+@pytest.mark.parametrize(
+    "answer, counts",
+    [
+        (MOVING | {"Adagrad"}, "1 of your names stay put"),
+        ({"Adamax", "RMSprop momentum=0.9"}, "1 that move are missing"),
+        (set(ex04.CANDIDATES), "2 of your names stay put"),
+        ({"Adagrad", "RMSprop"}, "2 of your names stay put, 3 that move are missing"),
+    ],
+)
+def test_exercise_2_hints_count_the_mistakes_without_naming_the_verdicts(capsys, answer, counts):
+    assert not ex04.check_which_move(answer)
+    out = said(capsys)
+    assert counts in out and "not a multiple of this step's gradient" in out
+    for name in ex04.CANDIDATES:  # no optimizer's verdict is given away
+        assert f"{name} stays" not in out and f"{name} moves" not in out
+    assert "expected:" not in out
+
+
+def test_exercise_2_the_answer_shows_from_the_third_try(capsys):
+    for _ in range(2):
+        ex04.check_which_move({"Adagrad"})
+    assert "expected:" not in said(capsys)
+    ex04.check_which_move({"Adagrad"})
+    assert 'expected: {"Adamax", "NAdam", "RMSprop momentum=0.9"}' in said(capsys)
+
+
+@pytest.mark.parametrize("bad, text", [(..., "replace the ..."), ("Adamax", "a set of names"),
+                                       (3, "a set of names"), ({"adam"}, "copy the names"),
+                                       (["Adamax", 3], "names as text"), (None, "a set of names")])
+def test_exercise_2_bad_input_gets_a_verdict(capsys, bad, text):
+    assert not ex04.check_which_move(bad)
+    assert text in said(capsys)
+
+
+# ---- exercise 3 ---------------------------------------------------------------------------------------------------
+def freeze_backbone(model, lr):  # the solution
+    model.backbone.requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def freeze_backbone_filtering(model, lr):  # also right
+    for p in model.backbone.parameters():
+        p.requires_grad = False
+    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+def freeze_backbone_keeping_it_in_the_optimizer(model, lr):  # harmless: SGD skips a None gradient
+    model.backbone.requires_grad_(False)
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def leave_it_out(model, lr):  # the notebook's trap: .grad piles up
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def freeze_the_weight_only(model, lr):
+    model.backbone.weight.requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def train_everything(model, lr):
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def freeze_everything(model, lr):
+    model.requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def with_adam(model, lr):
+    model.backbone.requires_grad_(False)
+    return torch.optim.Adam(model.head.parameters(), lr=lr)
+
+
+def with_another_lr(model, lr):
+    model.backbone.requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=0.1)
+
+
+def with_momentum(model, lr):
+    model.backbone.requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=lr, momentum=0.9)
+
+
+def optimizer_for_the_backbone(model, lr):
+    model.backbone.requires_grad_(False)
+    return torch.optim.SGD(model.backbone.parameters(), lr=lr)
+
+
+def test_exercise_3_accepts_a_real_freeze(capsys):
+    for solution in (freeze_backbone, freeze_backbone_filtering, freeze_backbone_keeping_it_in_the_optimizer):
+        assert ex04.check_freeze_backbone(solution)
+    assert said(capsys).count(RIGHT) == 3
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (leave_it_out, "holds 5 gradients added up"),
+        (freeze_the_weight_only, "backbone.bias.grad holds 5 gradients"),
+        (train_everything, "the backbone moved"),
+        (freeze_everything, "does it still require grad"),
+        (with_adam, "torch.optim.Adam"),
+        (with_another_lr, "pass lr=lr"),
+        (with_momentum, "nothing that changes its steps"),
+        (optimizer_for_the_backbone, "holds the head's parameters"),
+        (lambda model, lr: None, "replace the ..."),
+        (lambda model, lr: model.head.parameters(), "not its parameters"),
+        (lambda model: None, "it raised TypeError"),
+    ],
+)
+def test_exercise_3_explains_each_wrong_freeze(capsys, wrong, hint):
+    assert not ex04.check_freeze_backbone(wrong)
+    out = said(capsys)
+    assert hint in out and NOT_YET in out and RIGHT not in out
+    assert "requires_grad_(False)" not in out  # the fix is asked for, never shown
+
+
+def test_exercise_3_model_is_seeded_and_its_parts_are_named():
+    a, b = ex04.TwoPartModel(), ex04.TwoPartModel()
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert {name.split(".")[0] for name, _ in a.named_parameters()} == {"backbone", "head"}
