@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.distributed import (JobConfig, course_job, make_data, make_model, make_token_data,
-                               make_token_model, params_close)
+from utils.distributed import (JobConfig, bucket_count_job, course_job, make_data, make_model,
+                               make_token_data, make_token_model, params_close)
 from utils.launcher import run_job
 from utils.measure import largest_difference
 
@@ -134,6 +134,15 @@ def test_with_a_bucket_per_tensor_all_reduces_start_before_backward_ends(results
     assert [e for e in second if e.startswith("all-reduce")] == [f"all-reduce of bucket {i} (1 tensor)"
                                                                  for i in range(4)]
     assert computed == 3  # three all-reduces started before the first layer's gradient existed
+
+
+def test_with_many_buckets_counts_are_multiplied_by_the_buckets_after_the_first_backward():
+    """4 tensors, a bucket each: the first synced backward() sends 1 bucket, every later one 4."""
+    counts = run_job(bucket_count_job, CONFIG.world_size, args=(CONFIG,), timeout=120)
+    for count in counts:
+        assert count["every_micro_batch"] == 1 + 11 * 4  # 12 synced backward() calls
+        assert count["no_sync"] == 1 + 2 * 4  # 3 synced backward() calls
+        assert (count["every_micro_batch"] - 1) // 4 + 1 == 12 and (count["no_sync"] - 1) // 4 + 1 == 3
 
 
 def test_keeping_the_effective_batch_with_floor_division(results):

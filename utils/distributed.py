@@ -111,11 +111,12 @@ def counting_allreduce_hook(counter: AllReduceCounter, bucket: dist.GradBucket
 
 
 def train(rank: int, config: JobConfig, sync: str = "no_sync",
-          also_divide_by_world_size: bool = False) -> dict:
+          also_divide_by_world_size: bool = False, bucket_cap_mb: float | None = None) -> dict:
     """Train a DDP model with gradient accumulation; `sync` says how it all-reduces."""
     if sync not in SYNC_MODES:
         raise ValueError(f"expected sync as one of {SYNC_MODES}, got {sync!r}")
-    model = DDP(make_model(config, seed=config.seed + rank))  # copies rank 0's weights
+    model = DDP(make_model(config, seed=config.seed + rank),  # copies rank 0's weights
+                bucket_cap_mb=bucket_cap_mb)  # None: DDP's default, 25 MiB
     counter = AllReduceCounter()
     model.register_comm_hook(counter, counting_allreduce_hook)  # counts all-reduces
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
@@ -227,6 +228,12 @@ def sampler_indices(num_samples: int, num_epochs: int = 2) -> dict:
             epochs.append(list(sampler))
         result[name] = epochs
     return result
+
+
+def bucket_count_job(rank: int, world_size: int, config: JobConfig) -> dict:
+    """All-reduce counts with a bucket per tensor, every micro-batch and with no_sync (tests)."""
+    return {sync: train(rank, config, sync=sync, bucket_cap_mb=1e-6)["all_reduces"]
+            for sync in ("every_micro_batch", "no_sync")}
 
 
 def course_job(rank: int, world_size: int, config: JobConfig) -> dict:
