@@ -31,20 +31,8 @@ WATCHDOG_S = 8  # a check that has not answered by then is a failure, not a hang
 
 # Known failures of checks owned by other helpers, to be removed by the lead once mended
 # (xfail, not strict: a check mended meanwhile passes). Keys are "module.function".
-LADDER = "not yet decorated with @exercise: no reveal=, no try count, no time limit"
 KNOWN: dict[str, str] = {
-    # issue-12 helper (ex03): a learner function that never returns hangs the check.
-    "ex03.check_manual_loop": LADDER,
-    "ex03.check_momentum_on_zeros": LADDER,
-    "ex03.check_which_move": LADDER,
-    # issue-13 helper (ex07): hasattr() on an object whose __getattr__ raises escapes as RuntimeError.
-    "ex07.check_accumulation_steps_for": LADDER,
-    "ex07.check_loss_divisor": LADDER,
-    "ex07.check_sync_context": LADDER + "; RuntimeError from hasattr(answer, '__enter__')",
-    # issue-14 helper (ex08).
-    "ex08.check_no_stale_gradients": LADDER,
-    "ex08.check_no_discarded_gradients": LADDER,
-    "ex08.check_gradient_accumulation": LADDER,
+    # e.g. "ex07.check_sync_context": "issue-13 helper: RuntimeError from hasattr(answer, '__enter__')",
 }
 
 
