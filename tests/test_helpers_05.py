@@ -1,4 +1,4 @@
-"""Notebook 05's additions to shared modules: utils.data.make_token_sequences, utils.printing.fmt_diff."""
+"""Notebook 05/06's additions to shared modules: utils.data.make_token_sequences, utils.printing.fmt_diff."""
 
 import pytest
 import torch
@@ -17,7 +17,7 @@ def test_token_sequences_are_padded_with_minus_100_after_each_length():
     for row, length in zip(range(8), lengths.tolist()):
         assert (labels[row, :length] >= 0).all() and (labels[row, :length] < 5).all()
         assert (labels[row, length:] == -100).all() and (inputs[row, length:] == 0).all()
-    # the micro-batches of notebook 05 (2 sequences each) hold 13, 7, 12 and 16 real tokens
+    # the micro-batches of notebook 06 (2 sequences each) hold 13, 7, 12 and 16 real tokens
     assert [int(length) for length in lengths.reshape(4, 2).sum(dim=1)] == [13, 7, 12, 16]
 
 

@@ -4,6 +4,9 @@
 through `torch.autograd.graph.saved_tensors_hooks`. It counts each distinct storage once and
 leaves out the model's own parameters and buffers, which stay in memory whether or not you
 train. The count depends only on shapes and dtypes, so it is the same on every machine.
+`BackwardCounter` counts the backward() calls that reach each optimizer step, so a loop's
+windows can be seen (and an exercise can tell one backward() per micro-batch from one per
+window).
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class SavedTensorMeter:
 
 
 def grads(model: nn.Module) -> list[torch.Tensor]:
-    """Return a detached copy of every parameter's `.grad`, a `None` as zeros (notebook 05)."""
+    """Return a detached copy of every parameter's `.grad`, a `None` as zeros (notebooks 05, 06)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}; pass the model itself")
     params = list(model.parameters())
@@ -86,7 +89,7 @@ def grads(model: nn.Module) -> list[torch.Tensor]:
 def largest_difference(
     a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor]
 ) -> float:
-    """Return the largest |a - b| over matching tensors, computed exactly in float64 (notebook 05)."""
+    """Return the largest |a - b| over matching tensors, exactly, in float64 (notebooks 05-07)."""
     pairs = []
     for name, value in (("a", a), ("b", b)):
         tensors = [value] if isinstance(value, torch.Tensor) else value
