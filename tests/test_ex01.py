@@ -121,6 +121,21 @@ def test_exercise_2_enforces_the_task(fn, words, capsys):
     assert words in out and "expected:" not in out, out
 
 
+def test_the_cells_unwritten_functions_are_no_try(capsys):
+    def batch_gradient(w, X, y):
+        ...  # your code here
+
+    def functional_gradient(w, X, y):
+        """Not written yet."""
+
+    for _ in range(3):
+        assert not ex01.check_batch_gradient(batch_gradient)
+        assert not ex01.check_functional_gradient(functional_gradient)
+    out = capsys.readouterr().out
+    assert "write the body of batch_gradient" in out and "write the body of functional_gradient" in out
+    assert "expected:" not in out and "answer:" not in out
+
+
 def test_exercise_2_starts_from_a_fresh_parameter(capsys):
     seen = []
 

@@ -60,6 +60,33 @@ def test_reveal_shows_the_answer_at_once_even_before_a_try(capsys):
     assert "expected: 36" in capsys.readouterr().out
 
 
+def test_an_unwritten_function_is_a_placeholder_not_a_try(capsys):
+    def learner(x):
+        ...  # your code here
+
+    @exercise
+    def check_function(fn):
+        ok, result = call_learner_function(fn, 1, what="f")
+        return result if not ok else verdict(False, "f", got=result, expected=2)
+
+    for _ in range(REVEAL_AFTER + 1):
+        assert not check_function(learner)
+    out = capsys.readouterr().out
+    assert "write the body of learner" in out and tries(check_function) == 0 and "expected" not in out
+    assert not check_function(lambda x: 1)
+    assert tries(check_function) == 1
+
+
+@pytest.mark.parametrize("source, empty", [("def f(x): ...", True), ("def f(x):\n    pass", True),
+                                           ('def f(x):\n    """Doc."""', True), ("def f(x): return 0", False),
+                                           ("def f(x): return x", False), ("def f(x):\n    x.grad = None", False),
+                                           ("async def f(x): ...", False)])
+def test_unwritten_tells_an_empty_body_from_a_written_one(source, empty):
+    namespace = {}
+    exec(source, namespace)
+    assert exercises.unwritten(namespace["f"]) is empty
+
+
 def test_placeholder_is_not_a_try(capsys):
     for _ in range(REVEAL_AFTER + 1):
         assert not check_answer(...)

@@ -31,7 +31,8 @@ How a check module uses it (utils/ex01.py is the model):
   mistake's hint, otherwise the direction of the miss ("too large", "the sign is wrong",
   "more than 10 times too small").
 - `call_learner_function(fn, *args, what=, errors=[(piece of message, hint), ...])` calls a
-  learner's function: (True, result), or (False, a verdict) when it is no function or raises.
+  learner's function: (True, result), or (False, a verdict) when it is no function, is still
+  the cell's unwritten `...` body (`unwritten(fn)`: not a try), or raises.
 - `show_pair(a, b)` formats two values shown side by side so that they never print alike.
 - Tests call `reset_tries()` first (an autouse fixture): the counts live for the process.
 """
@@ -39,6 +40,7 @@ How a check module uses it (utils/ex01.py is the model):
 from __future__ import annotations
 
 import contextvars
+import dis
 import functools
 import inspect
 import math
@@ -221,11 +223,31 @@ def verdict(
     return Verdict(False, message, counts)
 
 
+_NOTHING = {"RESUME", "NOP", "LOAD_CONST", "RETURN_VALUE", "RETURN_CONST"}
+
+
+def unwritten(fn: Any) -> bool:
+    """Whether `fn` is a function whose body does nothing yet (`...`, `pass`, a docstring)."""
+    if not inspect.isfunction(fn):
+        return False
+    try:
+        instructions = list(dis.get_instructions(fn))
+    except Exception:
+        return False
+    return all(i.opname in _NOTHING and (i.opname not in ("LOAD_CONST", "RETURN_CONST") or i.argval is None)
+               for i in instructions)
+
+
 def _placeholder(answer: Any, what: str, expected: Any = None) -> Verdict | None:
+    """The verdict on an answer not yet given (`...`, or a function with only `...`): no try."""
     if answer is Ellipsis:
-        return verdict(False, what, hint="replace the ... with your answer, then run the cell again",
-                       expected=expected if (a := _attempt.get()) and a.reveal else None, counts=False)
-    return None
+        hint = "replace the ... with your answer, then run the cell again"
+    elif unwritten(answer):
+        hint = f"write the body of {answer.__name__}: replace its ... with your code, then run the cell again"
+    else:
+        return None
+    return verdict(False, what, hint=hint, expected=expected if (a := _attempt.get()) and a.reveal else None,
+                   counts=False)
 
 
 @contextmanager
