@@ -203,7 +203,11 @@ def make(root: Path = ROOT, *, quiet: bool = False) -> dict[str, str]:
     _save_record(folder, record)
     if not quiet:
         for name, what in report.items():
-            print(f"{FOLDER}/{name}: {what}")
+            if what != "up to date":
+                print(f"{FOLDER}/{name}: {what}")
+        same = sum(what == "up to date" for what in report.values())
+        print(f"{FOLDER}/: your copies of {len(lessons(root))} lessons and the files beside them"
+              + (f", {same} of {len(report)} already up to date" if same else ""))
     return report
 
 
@@ -271,7 +275,7 @@ def main(argv: list[str]) -> None:
     elif command == "lab-settings":
         print(write_lab_settings())
     elif command == "lab":
-        make()
+        make(quiet=True)  # `make lab` has just run `make workbooks`, which reported
         write_lab_settings()
         args = lab_command() + rest
         os.execv(args[0], args)
