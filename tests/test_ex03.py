@@ -154,7 +154,8 @@ def test_exercise_1_accepts_the_modern_loops(capsys):
         (train_manually_with_a_vector_loss, "backward() needs one number"),
         (train_manually_with_the_sum, "their mean"),
         (train_manually_one_step_short, "one step short"),
-        (placeholder, "replace the ... with the loop"),
+        (placeholder, "replace its ... with your code"),
+        (lambda W, b, X, y, lr, num_steps: W.detach(), "no backward() call"),
         (lambda W, b, X, y, lr, num_steps: ((X @ W + b - y) ** 2).mean().backward(), "all zeros"),
         (lambda W, b, X, y, lr, num_steps: 1 / 0, "it raised ZeroDivisionError"),
     ],
@@ -291,8 +292,9 @@ def test_exercise_3_accepts_momentum_by_hand(capsys):
         (train_with_dampening, "dampening=0"),
         (train_with_momentum_never_clearing, "this step's gradient only"),
         (train_with_momentum_by_optimizer, "step() ran 5 time(s)"),
-        (lambda W, b, X, y, lr, momentum, num_steps: None, "no backward() call"),
-        (lambda W, b, X, y, lr, num_steps: None, "it raised TypeError"),
+        (lambda W, b, X, y, lr, momentum, num_steps: None, "replace its ... with your code"),
+        (lambda W, b, X, y, lr, momentum, num_steps: W.sum(), "no backward() call"),
+        (lambda W, b, X, y, lr, num_steps: W.sum(), "it raised TypeError"),
     ],
 )
 def test_exercise_3_explains_each_wrong_loop(capsys, wrong, hint):

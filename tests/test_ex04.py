@@ -164,9 +164,11 @@ def test_exercise_3_accepts_a_real_freeze(capsys):
         (with_another_lr, "pass lr=lr"),
         (with_momentum, "nothing that changes its steps"),
         (optimizer_for_the_backbone, "holds the head's parameters"),
-        (lambda model, lr: None, "replace the ..."),
+        (lambda model, lr: None, "replace its ... with your code"),
+        (lambda model, lr: [model.backbone.requires_grad_(False)] and None, "returns nothing"),
+        (lambda model, lr: model.head, "return the optimizer itself"),
         (lambda model, lr: model.head.parameters(), "not its parameters"),
-        (lambda model: None, "it raised TypeError"),
+        (lambda model: model.head, "it raised TypeError"),
     ],
 )
 def test_exercise_3_explains_each_wrong_freeze(capsys, wrong, hint):

@@ -145,7 +145,7 @@ def check_freeze_backbone(freeze_backbone: Any) -> Verdict:
     if not ok:
         return optimizer
     if not isinstance(optimizer, torch.optim.Optimizer):
-        hint = ("replace the ... with your code, and return the optimizer" if optimizer is None
+        hint = ("your function returns nothing: return the optimizer at its end" if optimizer is None
                 else "return the optimizer itself, not its parameters or its class")
         return verdict(False, what, wanted="a torch.optim.SGD optimizer", got=describe(optimizer), hint=hint)
     if not isinstance(optimizer, torch.optim.SGD):
