@@ -186,7 +186,8 @@ def test_exercise_2_right(solution, capsys):
     (step_every_micro_batch, "step() runs after every micro-batch"),
     (never_zero_grad, "leaks into the next"),
     (backward_after_the_last_step, "left in .grad after the last step"),
-    (placeholder, "nothing was trained"),
+    (placeholder, "write the body of placeholder"),
+    (lambda model, loss_fn, optimizer, micro_batches, k: [X for X, _ in micro_batches], "nothing was trained"),
 ])
 def test_exercise_2_mistakes_are_named(mistake, words, capsys):
     assert not ex05.check_accumulation_loop(mistake)
@@ -209,7 +210,7 @@ def test_exercise_2_other_wrong_answers_get_a_direction_not_the_solution(capsys)
     (3, "pass its name"),
     (int, "the class int"),
     (lambda *args: 1 / 0, "it raised ZeroDivisionError"),
-    (lambda model: None, "it raised TypeError"),
+    (lambda model: model, "it raised TypeError"),
 ])
 def test_exercise_2_bad_answers_get_a_verdict_not_a_traceback(answer, words, capsys):
     assert not ex05.check_accumulation_loop(answer)

@@ -76,7 +76,8 @@ def test_exercise_2_common_mistakes(mistake, words, capsys):
 @pytest.mark.parametrize("answer, words", [
     (..., "replace the ..."),
     ("loss", "pass its name"),
-    (lambda lo, la, n: None, "got: None"),
+    (lambda lo, la, n: None, "write the body of <lambda>"),
+    (lambda lo, la, n: [None][0], "got: None"),
     (lambda lo, la, n: sum_over_step_tokens(lo, la, n).item(), ".item() or a float"),
     (lambda lo, la, n: sum_over_step_tokens(lo, la, n).detach(), "build the loss from logits"),
     (lambda lo, la, n: lo.sum(dim=-1), "one number per micro-batch"),
