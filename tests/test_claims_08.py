@@ -1,13 +1,23 @@
 """Notebook 08's claims, recomputed from torch and the helpers (independent of stored outputs)."""
 
+import linecache
+import runpy
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
+import test_guard_cases as cases
+import test_guard_cost as cost
+import test_guard_loops as loops
 import torch
 
 from utils.data import make_regression
 from utils.device import get_device
-from utils.guard import DiscardedGradientWarning, StaleGradientWarning, ZeroGradGuard, ZeroGradWarning
+from utils.guard import DiscardedGradientWarning, StaleGradientWarning, ZeroGradGuard, ZeroGradWarning, notebook
+from utils.guard.cli import main as guard_command_line
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 device = get_device()
 data = make_regression(num_samples=64, num_features=3, seed=6, device=device, dtype=torch.float64)
@@ -171,7 +181,7 @@ def test_the_two_hooks_see_grad_before_and_after_each_accumulation():
     versions = [grad._version]
     grad.mul_(0.5)
     versions.append(grad._version)
-    grad.zero_()
+    grad[0] = 0.0  # masking part of the gradient
     versions.append(grad._version)
     assert w.grad is grad and versions == [1, 2, 3]
 
@@ -211,6 +221,104 @@ def test_warnings_as_errors_stop_at_the_first_bad_step():
     assert guard.steps == 1  # step 2 never ran
 
 
+def adversarial(model, optimizer, batches, intended):
+    for X, y in batches:
+        X = X.clone().requires_grad_()
+        loss_fn(model(X), y).backward()
+        X_adv = (X + 0.05 * X.grad.sign()).detach()
+        if intended:
+            optimizer.zero_grad()  # zero_grad: intended
+        else:
+            optimizer.zero_grad()
+        loss_fn(model(X_adv), y).backward()
+        optimizer.step()
+
+
+def test_an_adversarial_example_is_discarded_work_until_its_clear_is_marked_intended():
+    _, guard, caught = run(lambda m, o, b: adversarial(m, o, b, intended=False))
+    assert len(guard.findings) == 32 and {f.kind for f in guard.findings} == {DiscardedGradientWarning}
+    first = guard.findings[0]
+    assert linecache.getline(first.filename, first.lineno).strip() == "optimizer.zero_grad()"
+    assert str(caught[0].message).endswith("end that line with `# zero_grad: intended`.")
+    _, guard, caught = run(lambda m, o, b: adversarial(m, o, b, intended=True))
+    assert guard.findings == [] and guard.steps == 32
+
+
+def test_silent_on_grad_scaler_skips_gans_and_sam():
+    """Section 4's list, recomputed with the loops of tests/test_guard_cases.py."""
+    for zero_after_step in (False, True):
+        guard, caught, finite = cases.amp_loop(zero_after_step)
+        assert caught == [] and guard.steps < 8 and any(any(f) and not all(f) for f in finite)
+    assert cases.gan(zero_after_step=False)[1] == []
+    model = cases.mlp()
+    optimizer = cases.SAM(model.parameters(), torch.optim.SGD, lr=0.1)
+    with cases.watch(optimizer.base_optimizer) as (guards, caught):
+        for i in range(3):
+            X_, y_ = cases.data(i)
+            loss_fn(model(X_), y_).backward()
+            optimizer.first_step(zero_grad=True)
+            loss_fn(model(X_), y_).backward()
+            optimizer.second_step(zero_grad=True)
+    assert caught == [] and guards[0].steps == 3
+    assert len(loops.LOOPS) == 17  # "17 loops written like widely used public code"
+
+
+def test_the_extension_guards_an_optimizer_made_after_it_and_sums_up(capsys):
+    """Section 5: %load_ext utils.guard, the last-layer-only loop on 4 micro-batches, %unload_ext."""
+    notebook.load_ipython_extension(None)
+    model, optimizer = make_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        last_layer_only(model, optimizer, batches[:4])
+    notebook.unload_ipython_extension(None)
+    out = capsys.readouterr().out
+    assert [w.category for w in caught] == [StaleGradientWarning] * 3
+    assert [str(w.message).split(":")[0] for w in caught] == ["step 2", "step 3", "step 4"]
+    assert "1 optimizer guarded (SGD), 4 steps checked: 3 findings." in out
+    assert optimizer._optimizer_step_pre_hooks == {}  # every hook gone
+
+
+def test_the_command_line_on_the_script_beside_the_notebook(monkeypatch, capsys):
+    """Section 5: exit status 3, the head's optimizer (Adam, the second) at line 29, model.zero_grad()."""
+    monkeypatch.chdir(NOTEBOOKS)
+    status = guard_command_line(["--max-warnings", "1", "08-example-train.py"])
+    out, err = capsys.readouterr()
+    assert status == 3
+    lines = (NOTEBOOKS / "08-example-train.py").read_text().splitlines()
+    assert lines[28].strip() == "model.zero_grad()" and "for optimizer in optimizers:" in lines[26]
+    assert err.startswith("utils.guard: 08-example-train.py:29: DiscardedGradientWarning: step 1:")
+    assert "(1.weight, 1.bias)" in err and "ran after another optimizer's step, before this one's" in err
+    assert err.count("DiscardedGradientWarning: step") == 1  # --max-warnings 1
+    assert "2 optimizers guarded (SGD, Adam), 24 steps checked: 12 findings." in err
+    assert "the first at 08-example-train.py:29, step 1 of optimizer 2 (Adam)" in err
+    assert out.splitlines() == [line for line in out.splitlines() if line.startswith("epoch ")]
+
+
+def test_in_the_script_the_head_never_learns_and_the_body_does(monkeypatch, capsys):
+    monkeypatch.chdir(NOTEBOOKS)
+    monkeypatch.setattr(sys, "argv", ["08-example-train.py"])
+    scope = runpy.run_path("08-example-train.py", run_name="__main__")
+    torch.manual_seed(0)  # the script's seed, then its draws in order: X, the body, the head
+    torch.randn(64, 3, dtype=torch.float64)
+    fresh_body = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh()).double()
+    fresh_head = torch.nn.Linear(16, 1).double()
+    assert all(torch.equal(a, b) for a, b in zip(scope["head"].parameters(), fresh_head.parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(scope["body"].parameters(), fresh_body.parameters()))
+    assert capsys.readouterr().out.splitlines() == ["epoch 1: loss 7.444", "epoch 2: loss 6.273",
+                                                    "epoch 3: loss 5.374"]
+
+
+def test_reads_from_the_device_on_the_notebooks_loops():
+    """Section 3: at most one read per step, none at all in a loop that clears with zero_grad()."""
+    for loop, none in ((zero_grad_first, True), (accumulate, True), (clip_then_step, False),
+                       (forgot_zero_grad, False), (zero_grad_after_backward, False)):
+        with cost.counting_reads() as reads:
+            _, guard, _ = run(loop)
+        assert len(reads) <= guard.steps + 1
+        if none:
+            assert reads == []
+
+
 def test_the_guard_cannot_see_data_zeroing_between_backward_and_step():
     """The notebook's first limit: `.data` has a version counter of its own."""
     def data_zero(model, optimizer, batches):
@@ -224,6 +332,110 @@ def test_the_guard_cannot_see_data_zeroing_between_backward_and_step():
     assert guard.findings == []
     _, guard, _ = run(zero_grad_after_backward)  # the same bug through zero_grad() is seen
     assert guard.findings
+
+
+def test_zeroing_by_hand_in_place_after_backward_looks_like_masking_and_is_not_reported():
+    def hand_zero(model, optimizer, batches):
+        for X, y in batches:
+            loss_fn(model(X), y).backward()
+            for p in model.parameters():
+                p.grad.zero_()
+            optimizer.step()
+
+    assert run(hand_zero)[1].findings == []
+    assert {f.kind for f in run(zero_grad_after_backward)[1].findings} == {DiscardedGradientWarning}
+
+
+def test_clipping_between_two_steps_with_no_backward_passes():
+    def step_twice_with_clipping(model, optimizer, batches):
+        for X, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+    def step_twice(model, optimizer, batches):
+        for X, y in batches:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+            optimizer.step()
+
+    assert run(step_twice_with_clipping)[1].findings == []
+    assert {f.kind for f in run(step_twice)[1].findings} == {StaleGradientWarning}
+
+
+def test_assigned_tensors_count_as_new_and_unseen_ones_are_not_seen():
+    def clamp_by_assignment(model, optimizer, batches):  # zero_grad forgotten, .grad assigned anew
+        for X, y in batches:
+            loss_fn(model(X), y).backward()
+            for p in model.parameters():
+                p.grad = p.grad.clamp(-1, 1)
+            optimizer.step()
+
+    def assign_and_clear_by_hand(model, optimizer, batches):
+        params = list(model.parameters())
+        for X, y in batches:
+            for p, g in zip(params, torch.autograd.grad(loss_fn(model(X), y), params)):
+                p.grad = g
+            for p in params:
+                p.grad = None
+            optimizer.step()
+
+    assert run(clamp_by_assignment)[1].findings == []
+    assert run(assign_and_clear_by_hand)[1].findings == []
+
+
+def test_closure_steps_are_not_checked():
+    model, _ = make_model()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+
+    def closure_without_zero_grad():  # a bug inside the closure: not seen
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        return loss
+
+    with ZeroGradGuard(optimizer) as guard:
+        for _ in range(3):
+            optimizer.step(closure_without_zero_grad)
+    assert guard.findings == [] and guard.steps == 3
+
+
+def test_a_step_skipped_by_hand_on_finite_gradients_needs_the_mark():
+    def skip_every_other(model, optimizer, batches, intended):
+        for i, (X, y) in enumerate(batches):
+            loss_fn(model(X), y).backward()
+            if i % 2:
+                if intended:
+                    optimizer.zero_grad()  # zero_grad: intended
+                else:
+                    optimizer.zero_grad()
+                continue
+            optimizer.step()
+            optimizer.zero_grad()
+
+    assert {f.kind for f in run(lambda m, o, b: skip_every_other(m, o, b, False))[1].findings} == {
+        DiscardedGradientWarning}
+    assert run(lambda m, o, b: skip_every_other(m, o, b, True))[1].findings == []
+
+
+def test_a_window_too_long_is_seen_only_with_gradient_accumulation_steps():
+    def leftover(model, optimizer, batches):  # 3 micro-batches per epoch, windows of 2
+        for epoch in range(4):
+            for i, (X, y) in enumerate(batches[:3]):
+                (loss_fn(model(X), y) / 2).backward()
+                if (i + 1) % 2 == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
+
+    assert run(leftover)[1].findings == []
+    model, optimizer = make_model()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with ZeroGradGuard(optimizer, gradient_accumulation_steps=2) as guard:
+            leftover(model, optimizer, batches)
+    assert {f.kind for f in guard.findings} == {StaleGradientWarning} and len(guard.findings) == 3
 
 
 def test_inspected_then_cleared_gradients_count_as_discarded_but_autograd_grad_does_not():

@@ -207,8 +207,9 @@ def test_silent_but_wrong_loops_are_caught_by_steps_or_weights(capsys):
 
 def test_placeholders_bad_types_and_errors_get_a_verdict_not_a_traceback(capsys):
     for check in CHECKS:
-        assert not check(placeholder)
-        assert "replace the ... with the mended loop" in capsys.readouterr().out
+        assert not check(placeholder)  # a function whose body is still ...: a verdict, not a pass
+        out = " ".join(capsys.readouterr().out.split())
+        assert "replace" in out and "..." in out
         assert not check(...)
         assert "replace the ... with your answer" in capsys.readouterr().out
         assert not check(zero_first(*ex08.make_problem()))  # called instead of passed

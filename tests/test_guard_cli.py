@@ -216,3 +216,14 @@ def test_nothing_of_the_guard_outlives_a_run(in_tmp, capsys):
     assert (torch.optim.Optimizer.__init__, torch.optim.Optimizer.zero_grad, torch.nn.Module.zero_grad) == (
         init, zero_grad, module_zero_grad)
     assert "was interrupted" in capsys.readouterr().err
+
+
+def test_inside_a_kernel_with_the_extension_loaded_it_says_to_unload_first(in_tmp, capsys):
+    write(in_tmp, "train.py", CORRECT)
+    auto.install()
+    try:
+        assert main(["train.py"]) == 2
+    finally:
+        auto.uninstall()
+    assert "already guarded here (by %load_ext utils.guard?): run %unload_ext utils.guard first" in (
+        capsys.readouterr().err)

@@ -10,7 +10,6 @@ its reporting while it lives, so nothing is reported twice.
 from __future__ import annotations
 
 import functools
-import os
 from collections import Counter
 from typing import Any, Callable
 
@@ -18,6 +17,7 @@ import torch
 
 from utils.guard.checker import ZeroGradGuard, check_options
 from utils.guard.findings import Finding
+from utils.guard.sites import cell_name, place
 
 _state: dict[str, Any] = {"init": None, "guards": [], "options": {}}
 
@@ -79,18 +79,10 @@ def summary(made: list[ZeroGradGuard]) -> str:
     for kind, count in by_kind.items():
         guard, first = next((g, f) for g, f in findings if f.kind.__name__ == kind)
         number = made.index(guard) + 1
-        place = f"at {short_path(first.filename)}:{first.lineno}, " if first.filename else ""
-        lines.append(f"  {kind} x {count}: the first {place}step {first.step} of optimizer {number} "
+        if first.filename and cell_name(first.filename):  # cells are numbered by run: the warning says which
+            where = "in a notebook cell, "
+        else:
+            where = f"at {place(first.filename, first.lineno)}, " if first.filename else ""
+        lines.append(f"  {kind} x {count}: the first {where}step {first.step} of optimizer {number} "
                      f"({type(guard.optimizer).__name__})")
     return "\n".join(lines)
-
-
-def short_path(filename: str | None) -> str:
-    """A path relative to the current folder when it is inside it: no machine paths in reports."""
-    if not filename:
-        return "<unknown>"
-    try:
-        relative = os.path.relpath(filename)
-    except ValueError:
-        return filename
-    return filename if relative.startswith("..") else relative

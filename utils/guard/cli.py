@@ -20,6 +20,7 @@ from pathlib import Path
 
 from utils.guard import auto
 from utils.guard.findings import Finding
+from utils.guard.sites import place
 
 FOUND = 3  # exit status when the script ran to its end and the guard found something
 PREFIX = "utils.guard:"
@@ -45,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _printer(finding: Finding) -> None:
-    place = f"{auto.short_path(finding.filename)}:{finding.lineno}: " if finding.filename else ""
-    print(f"{PREFIX} {place}{finding.kind.__name__}: {finding.message}", file=sys.stderr, flush=True)
+    where = f"{place(finding.filename, finding.lineno)}: " if finding.filename else ""
+    print(f"{PREFIX} {where}{finding.kind.__name__}: {finding.message}", file=sys.stderr, flush=True)
 
 
 def _script_traceback(error: BaseException, script: str) -> None:
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if path.is_dir():
         print(f"{PREFIX} {options.script!r} is a folder; give the training script inside it (a .py file)",
               file=sys.stderr)
+        return 2
+    if auto.installed():
+        print(f"{PREFIX} every optimizer is already guarded here (by %load_ext utils.guard?): run "
+              "%unload_ext utils.guard first", file=sys.stderr)
         return 2
     script = os.path.abspath(path)
     saved_argv, saved_path0 = sys.argv[:], sys.path[0] if sys.path else None

@@ -6,7 +6,7 @@ import linecache
 import warnings
 from dataclasses import dataclass
 
-from utils.guard.sites import Stack, location
+from utils.guard.sites import Stack, cell_name, location
 
 
 class ZeroGradWarning(UserWarning):
@@ -43,6 +43,7 @@ def warn(finding: Finding, frames: Stack) -> None:
     """Issue a finding as a Python warning pointing at your line (filters and "error" apply)."""
     module_globals = frames[0][2] if frames else {}
     filename, lineno = finding.filename or "<unknown>", finding.lineno or 0
+    filename = cell_name(filename) or filename  # "Cell In[5]" rather than a notebook's temporary file
     try:  # prime the source cache, so the warning can show the line (a loader may fail: stdin, zip)
         linecache.getline(filename, lineno, module_globals)
     except Exception:

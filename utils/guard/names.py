@@ -43,7 +43,8 @@ def _model_in_scope(wanted: set[int], frame: FrameType | None, depth: int = 4) -
             depth -= 1
             scopes = (frame.f_locals, frame.f_globals)
             modules = {id(v): v for scope in scopes for v in list(scope.values()) if isinstance(v, torch.nn.Module)}
-            best = max(modules.values(), key=lambda m: len(wanted & set(_names_from(m))), default=None)
+            best = max(modules.values(), default=None,  # most of ours; then the largest: the whole model
+                       key=lambda m: (len(wanted & set(names := _names_from(m))), len(names)))
             if best is not None and wanted & set(_names_from(best)):
                 return best
         frame = frame.f_back

@@ -45,6 +45,31 @@ def location(frames: Stack) -> tuple[str | None, int | None]:
     return name, line
 
 
+def cell_name(filename: str) -> str | None:
+    """"Cell In[5]" for a notebook cell's code (as IPython names it in tracebacks), else None."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    label = shell.compile.format_code_name(filename) if shell is not None else None
+    return f"{label[0]} {label[1]}" if label else None
+
+
+def short_path(filename: str | None) -> str:
+    """A path relative to the current folder when it is inside it: no machine paths in reports."""
+    if not filename:
+        return "<unknown>"
+    try:
+        relative = os.path.relpath(filename)
+    except ValueError:
+        return filename
+    return filename if relative.startswith("..") else relative
+
+
+def place(filename: str | None, lineno: int | None) -> str:
+    """Where a finding points, for people: "train.py:29", or "Cell In[5], line 3" in a notebook."""
+    cell = cell_name(filename) if filename else None
+    return f"{cell}, line {lineno}" if cell else f"{short_path(filename)}:{lineno}"
+
+
 def intended(frames: Stack) -> bool:
     """Does any line of the calling code carry the comment `# zero_grad: intended`?"""
     for name, line, module_globals in frames:
