@@ -23,7 +23,8 @@ optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 loss_fn = torch.nn.CrossEntropyLoss()
 
 for epoch in range(num_epochs):
-    for X, y in minibatches(data.X_train, data.y_train, train_batch_size, seed=epoch):
+    batches = minibatches(data.X_train, data.y_train, train_batch_size, seed=epoch)
+    for X, y in batches:
         loss = loss_fn(model(X), y)
         loss.backward()
         optimizer.step()

@@ -27,7 +27,8 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_GOAL = 1.6
-GOALS = {"07-": 2.5}  # notebook 07 starts real worker processes (issue: "≤ 2.5× the floor")
+GOALS = {"07-": 2.5,  # notebook 07 starts real worker processes (issue: "≤ 2.5× the floor")
+         "09-": 3.0}  # notebook 09 trains a real CNN on real data, and runs the checker as a command
 
 
 def goal_for(path: Path) -> float:

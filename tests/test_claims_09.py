@@ -1,0 +1,297 @@
+"""Notebook 09's claims, recomputed from torch and the helpers (independent of stored outputs).
+
+The runs are short (6 epochs of 45 steps on 8×8 images), so each claim trains its own models.
+Where the notebook prints a number, the test checks that number, and that it is the same with
+1 and with 2 threads.
+"""
+
+import copy
+import math
+import re
+import runpy
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.digits import WindowMeter, accuracy, load_digits_split, make_model, minibatches, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+DATA = load_digits_split()
+loss_fn = torch.nn.CrossEntropyLoss()
+LR, NUM_EPOCHS, TRAIN_BATCH_SIZE = 0.05, 6, 32
+
+
+@pytest.fixture
+def threads():
+    """Run a test body at 1 and at 2 threads: `for _ in threads():`."""
+    before = torch.get_num_threads()
+
+    def each():
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            yield count
+        torch.set_num_threads(before)
+
+    yield each
+    torch.set_num_threads(before)
+
+
+def run(zero_grad=True, *, seed=0, dtype=torch.float64, momentum=0.9, num_epochs=NUM_EPOCHS, shuffle=0,
+        data=DATA):
+    """The notebook's loop, written out again: (model, losses, per-step gradients added, .grad per step)."""
+    model = make_model(seed, dtype=dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum)
+    losses = []
+    for epoch in range(num_epochs):
+        for X, y in minibatches(data.X_train.to(dtype), data.y_train, TRAIN_BATCH_SIZE, seed=shuffle + epoch):
+            if zero_grad:
+                optimizer.zero_grad()
+            loss = loss_fn(model(X), y)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return model, losses
+
+
+def test_the_correct_run_reaches_98_9_percent_and_the_broken_one_chance_on_any_thread_count(threads):
+    results = {}
+    for count in threads():
+        correct, losses = run()
+        broken, broken_losses = run(zero_grad=False)
+        results[count] = (correct.state_dict(), broken.state_dict(), losses, broken_losses)
+        assert len(losses) == 270 and round(losses[0], 2) == 2.39 and round(max(losses[-45:]), 3) == 0.015
+        assert f"{accuracy(correct, DATA.X_test, DATA.y_test):.1%}" == "98.9%"
+        assert round(accuracy(correct, DATA.X_test, DATA.y_test) * 357) == 353
+        assert f"{accuracy(broken, DATA.X_test, DATA.y_test):.1%}" == "13.4%"
+        counts = torch.bincount(predict(broken, DATA.X_test), minlength=10).tolist()
+        assert counts == [0, 0, 0, 265, 44, 0, 0, 48, 0, 0]  # "almost every digit a 3"
+        assert losses[-1] < 0.01 and broken_losses[-1] > 100  # "from 2.4 to the hundreds"
+    one, two = results[1], results[2]
+    for a, b in zip(one[:2], two[:2]):  # float64 on the CPU: bit for bit the same run
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert one[2:] == two[2:]
+
+
+def test_its_mistakes_are_a_7_read_as_a_9_and_a_5_as_a_6():
+    model, _ = run()
+    guesses = predict(model, DATA.X_test)
+    wrong = (guesses != DATA.y_test).nonzero().flatten()
+    pairs = list(zip(guesses[wrong].tolist(), DATA.y_test[wrong].tolist()))
+    assert (9, 7) in pairs and (6, 5) in pairs and len(pairs) == 4
+
+
+def test_float32_tells_the_same_story(threads):
+    for _ in threads():
+        correct, _ = run(dtype=torch.float32)
+        broken, _ = run(zero_grad=False, dtype=torch.float32)
+        data = load_digits_split(dtype=torch.float32)
+        assert accuracy(correct, data.X_test, data.y_test) > 0.97
+        assert accuracy(broken, data.X_test, data.y_test) < 0.2
+
+
+def own_gradients_without_zero_grad(num_steps):
+    """Replay the broken run; at each step, the batch's own gradient (on a copy) and .grad."""
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    batches = [b for epoch in range(NUM_EPOCHS) for b in minibatches(DATA.X_train, DATA.y_train, 32, seed=epoch)]
+    rows = []
+    for X, y in batches[:num_steps]:
+        twin = copy.deepcopy(model)
+        own = torch.autograd.grad(loss_fn(twin(X), y), list(twin.parameters()))
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        rows.append((loss.item(), [g.clone() for g in own], [p.grad.clone() for p in model.parameters()]))
+        optimizer.step()
+    return model, rows
+
+
+def flat(tensors):
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def test_step_2_is_where_it_goes_wrong_and_grad_is_the_running_sum():
+    _, correct_losses = run(num_epochs=1)
+    model, rows = own_gradients_without_zero_grad(270)
+    losses = [r[0] for r in rows]
+    # step 1 identical; step 2 the same loss (measured before the second update), then apart
+    assert losses[0] == correct_losses[0] and abs(losses[1] - correct_losses[1]) < 1e-12
+    assert abs(losses[2] - correct_losses[2]) > 0.01
+    # .grad is the running sum of every batch's own gradient
+    running = flat(rows[0][1])
+    assert torch.allclose(flat(rows[0][2]), running, rtol=0, atol=1e-12)
+    for _, own, grad in rows[1:]:
+        running = running + flat(own)
+        assert torch.allclose(flat(grad), running, rtol=1e-9, atol=1e-9)
+    angle = math.degrees(math.acos(torch.cosine_similarity(flat(rows[1][2]), flat(rows[1][1]), dim=0).item()))
+    assert round(angle) == 42  # "points 42° away from this batch's own"
+    assert all(flat(g).norm() > flat(o).norm() for _, o, g in rows[1:])  # .grad outgrows every batch's
+    assert round(losses[8], 1) == 11.8 and 4.5 < losses[8] / losses[0] < 5.5  # "step 9: five times"
+    assert max(losses[:8]) < 10 < losses[8]
+    assert flat(rows[-1][2]).norm() > 10 * max(flat(o).norm() for _, o, _ in rows[-50:])
+
+
+def test_plain_sgd_without_zero_grad_is_sgd_with_momentum_1_on_the_cnn():
+    plain, _ = run(zero_grad=False, momentum=0.0, num_epochs=1)
+    frictionless, _ = run(momentum=1.0, num_epochs=1)
+    a, b = plain.state_dict(), frictionless.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # weights and BatchNorm statistics
+    damped, _ = run(momentum=0.5, num_epochs=1)
+    assert not torch.equal(damped[0].weight, plain[0].weight)  # the equality is not a coincidence
+
+
+def step_gradient(model, train_batch_size):
+    X_batch, y_batch = minibatches(DATA.X_train, DATA.y_train, 32, seed=0)[0]
+    model.zero_grad()
+    for X, y in zip(X_batch.split(train_batch_size), y_batch.split(train_batch_size)):
+        (loss_fn(model(X), y) * len(y) / len(y_batch)).backward()
+    return flat(p.grad for p in model.parameters())
+
+
+def test_batchnorm_makes_a_window_differ_from_its_batch_and_eval_mode_makes_them_agree():
+    window, batch = step_gradient(make_model().train(), 8), step_gradient(make_model().train(), 32)
+    angle = math.degrees(math.acos(torch.cosine_similarity(window, batch, dim=0).item()))
+    assert f"{(window - batch).abs().max().item():.2g}" == "0.061" and round(angle) == 9
+    window, batch = step_gradient(make_model().eval(), 8), step_gradient(make_model().eval(), 32)
+    assert (window - batch).abs().max().item() < 1e-10
+    # the same model without BatchNorm: a window gives its batch's gradient, in train mode too
+    plain = make_model()
+    for i in (1, 5):
+        plain[i] = torch.nn.Identity()
+    clone = copy.deepcopy(plain)
+    assert (step_gradient(plain, 8) - step_gradient(clone, 32)).abs().max().item() < 1e-10
+
+
+def train_accumulating(model, optimizer, num_epochs, train_batch_size, gradient_accumulation_steps, shuffle=0):
+    for epoch in range(num_epochs):
+        micro_batches = minibatches(DATA.X_train, DATA.y_train, train_batch_size, seed=shuffle + epoch)
+        for i, (X, y) in enumerate(micro_batches):
+            (loss_fn(model(X), y) / gradient_accumulation_steps).backward()
+            if (i + 1) % gradient_accumulation_steps == 0:
+                optimizer.step()
+                optimizer.zero_grad()
+
+
+def accumulated_run(seed=0, shuffle=0):
+    model = make_model(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    train_accumulating(model, optimizer, NUM_EPOCHS, 8, 4, shuffle)
+    return model
+
+
+def test_micro_batches_update_batchnorm_statistics_4_times_a_step_and_score_99_2_percent(threads):
+    for _ in threads():
+        model = accumulated_run()
+        assert model[1].num_batches_tracked.item() == 4 * 270
+        assert f"{accuracy(model, DATA.X_test, DATA.y_test):.1%}" == "99.2%"
+
+
+def test_over_ten_seeds_micro_batches_of_8_cost_no_measurable_accuracy():
+    big, small = [], []
+    for seed in range(10):
+        big.append(accuracy(run(seed=seed, shuffle=100 * seed)[0], DATA.X_test, DATA.y_test))
+        small.append(accuracy(accumulated_run(seed, shuffle=100 * seed), DATA.X_test, DATA.y_test))
+    gap = abs(statistics.mean(big) - statistics.mean(small))
+    assert gap < 0.005, (big, small)  # "differ by less than half a percentage point"
+    assert gap < max(big) - min(big) and gap < max(small) - min(small)  # "inside the spread between seeds"
+    assert min(big + small) > 0.96
+
+
+@pytest.mark.parametrize("train_batch_size, left_over", [(16, 2), (32, 1)])
+def test_a_partial_window_leaks_into_the_next_epochs_first_step(train_batch_size, left_over):
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    with WindowMeter(loss_fn) as windows:
+        train_accumulating(model, optimizer, 2, train_batch_size, 4)
+    per_epoch = 1440 // train_batch_size // 4
+    counts = windows.micro_batches()
+    assert len(counts) == 2 * per_epoch and len(windows.pending) == left_over
+    assert counts[per_epoch] == 4 + left_over and counts.count(4) == len(counts) - 1
+    weights = windows.sample_weights()
+    assert weights[per_epoch] == pytest.approx(((4 + left_over) / 4,) * 2)  # "(4 + r) / 4 times"
+    samples = sum(n for n, _ in windows.steps[per_epoch])
+    assert samples == (4 + left_over) * train_batch_size  # exercise 1: 160 for batches of 32
+    if train_batch_size == 16:
+        assert counts[20:24] == [4, 4, 6, 4]
+
+
+def loop_lines(text):
+    """The loop of a script or a notebook cell, without the notebook's zero_grad flag."""
+    lines = [line.strip() for line in text.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("for epoch in range"))
+    body = [line for line in lines[start:] if line and not line.startswith(("if zero_grad", "optimizer.zero_grad"))]
+    return body[: body.index("optimizer.step()") + 1]
+
+
+def test_the_script_is_the_notebooks_loop_without_zero_grad_and_trains_the_same_run():
+    import json
+
+    notebook = json.loads((NOTEBOOKS / "09-debug-a-real-run.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in notebook["cells"]
+                if c["cell_type"] == "code" and "def train(model, optimizer" in "".join(c["source"]))
+    script = (NOTEBOOKS / "09-train.py").read_text()
+    assert loop_lines(script) == loop_lines(cell)
+    assert "zero_grad" not in re.sub(r'""".*?"""', "", script, flags=re.S)
+    for name, value in (("num_epochs", NUM_EPOCHS), ("train_batch_size", TRAIN_BATCH_SIZE), ("lr", LR)):
+        assert re.search(rf"^{name} = {value}$", script, re.M)
+    assert re.search(rf"^lr, num_epochs, train_batch_size = {LR}, {NUM_EPOCHS}, {TRAIN_BATCH_SIZE}$", cell, re.M)
+
+
+def run_script(path, capsys):
+    scope = runpy.run_path(str(path), run_name="__main__")
+    return scope, capsys.readouterr().out
+
+
+def test_the_scripts_print_what_the_notebook_says(capsys):
+    scope, out = run_script(NOTEBOOKS / "09-train.py", capsys)
+    assert out.strip().endswith("test accuracy: 13.4%")
+    broken, _ = run(zero_grad=False)
+    assert all(torch.equal(a, b) for a, b in zip(scope["model"].state_dict().values(), broken.state_dict().values()))
+    scope, out = run_script(NOTEBOOKS / "09-broken-train.py", capsys)
+    assert accuracy(scope["model"], DATA.X_test, DATA.y_test) > 0.95  # "it reaches a good accuracy"
+    scope, out = run_script(NOTEBOOKS / "solutions" / "09-fixed-train.py", capsys)
+    assert out.strip().endswith("test accuracy: 98.9%")
+
+
+def line_of(path, code):
+    return [line.strip() for line in path.read_text().splitlines()].index(code) + 1
+
+
+def markdown(path):
+    import json
+
+    cells = json.loads(path.read_text())["cells"]
+    return " ".join(" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+
+
+def test_the_checker_points_at_the_step_line_counts_269_stale_steps_and_exits_3(capsys):
+    from utils.guard.cli import main
+
+    script = NOTEBOOKS / "09-train.py"
+    step_line = line_of(script, "optimizer.step()")
+    assert f"`09-train.py:{step_line}`" in markdown(NOTEBOOKS / "09-debug-a-real-run.ipynb")
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(NOTEBOOKS)
+        status = main(["--max-warnings", "1", "09-train.py"])
+        err = capsys.readouterr().err
+        assert status == 3 and f"utils.guard: 09-train.py:{step_line}: StaleGradientWarning: step 2:" in err
+        assert "270 steps checked: 269 findings" in err  # "269 of the 270 steps were stale"
+        status = main(["--gradient-accumulation-steps", "4", "solutions/09-fixed-train.py"])
+        assert status == 0 and "no findings" in capsys.readouterr().err
+        status = main(["--gradient-accumulation-steps", "4", "--max-warnings", "1", "09-broken-train.py"])
+        err = capsys.readouterr().err
+        zero_line = line_of(NOTEBOOKS / "09-broken-train.py", "optimizer.zero_grad()")
+        assert status == 3 and f"09-broken-train.py:{zero_line}: DiscardedGradientWarning" in err
+        assert f"(line {zero_line})" in markdown(NOTEBOOKS / "solutions" / "09-debug-a-real-run-solutions.ipynb")
+    finally:
+        os.chdir(cwd)
+
+
+def test_both_fixes_reach_the_same_accuracy(capsys):
+    _, out = run_script(NOTEBOOKS / "solutions" / "09-fixed-train-partial-step.py", capsys)
+    assert out.strip().endswith("test accuracy: 98.9%")
