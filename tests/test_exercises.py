@@ -80,7 +80,8 @@ def test_an_unwritten_function_is_a_placeholder_not_a_try(capsys):
 @pytest.mark.parametrize("source, empty", [("def f(x): ...", True), ("def f(x):\n    pass", True),
                                            ('def f(x):\n    """Doc."""', True), ("def f(x): return 0", False),
                                            ("def f(x): return x", False), ("def f(x):\n    x.grad = None", False),
-                                           ("async def f(x): ...", False)])
+                                           ("async def f(x): ...", False), ("f = lambda x: None", True),
+                                           ("f = lambda x: ...", False)])
 def test_unwritten_tells_an_empty_body_from_a_written_one(source, empty):
     namespace = {}
     exec(source, namespace)
