@@ -406,3 +406,31 @@ def test_section10_zero_grad_leaves_the_momentum_buffer_and_adams_state_untouche
     before = {name: value.clone() for name, value in state.items()}
     optimizer.zero_grad()
     assert all(torch.equal(before[name], state[name]) for name in state)
+
+
+# ---- the limits of the claims ----------------------------------------------------------------------------------
+def largest_curvature():
+    X, y = problem()
+    A = torch.cat([X, torch.ones_like(X)], dim=1)
+    return torch.linalg.eigvalsh(2 * A.T @ A / len(A)).max().item()
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.95])
+def test_section5_full_batch_swings_keep_one_size_at_any_lr_where_plain_sgd_converges(fraction):
+    lr = fraction * 2 / largest_curvature()  # plain SGD converges below 2 / lambda_max
+    assert train(SGD, lr, 600)[0][-1] < 1.01 * lowest_loss()
+    peaks = peaks_per_100(train(SGD, lr, 600, zero_grad=False)[0])
+    assert max(peaks) / min(peaks) < 1.05
+
+
+def test_section5_beyond_that_the_full_batch_diverges_too():
+    """So 'one size' is a statement about this learning rate range, not about every run."""
+    peaks = peaks_per_100(train(SGD, 1.05 * 4 / largest_curvature(), 300, zero_grad=False)[0])
+    assert peaks[-1] > 1e10 * peaks[0]
+
+
+def test_section2_a_correct_loop_with_too_high_a_learning_rate_diverges_norm_and_all():
+    """Why the notebook says the norm tells you where to look, not what is wrong."""
+    losses, norms, _ = train(SGD, 1.2 * 2 / largest_curvature(), 300, train_batch_size=BATCH)
+    assert peaks_per_100(losses)[-1] > 1e10 * peaks_per_100(losses)[0]
+    assert peaks_per_100(norms)[-1] > 1e10 * peaks_per_100(norms)[0]
