@@ -458,3 +458,15 @@ def test_requires_grad_false_freezes_for_real_and_model_zero_grad_also_clears():
     model, _, _ = frozen_run()
     model.zero_grad()
     assert model[0].weight.grad is None
+
+
+def test_sgds_momentum_buffer_remembers_the_rows_of_earlier_steps():
+    embedding, _ = train_embedding(True, partial(torch.optim.SGD, lr=0.1, momentum=0.9))
+    # the optimizer of train_embedding is gone; run the two steps again and read its state
+    optimizer = torch.optim.SGD(embedding.parameters(), lr=0.1, momentum=0.9)
+    for words in ([0, 1, 2], [3, 4]):
+        optimizer.zero_grad()
+        embedding(torch.tensor(words, device=device)).sum().backward()
+        optimizer.step()
+    buffer = optimizer.state[embedding.weight]["momentum_buffer"].coalesce()
+    assert buffer.indices().flatten().tolist() == [0, 1, 2, 3, 4]  # word 5 never seen, never moved
