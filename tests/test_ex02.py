@@ -128,7 +128,7 @@ def test_exercise_2_right_answers():
         (train_loop_own_optimizer, "0 step() call(s)"),
         (train_loop_by_hand, "20 backward() and 0 step() call(s)"),
         (train_loop_one_step_short, "a list of 20 losses"),
-        (train_loop_sum_loss, "zero_grad(), loss = loss_fn(model(X), y), backward(), step()"),
+        (train_loop_sum_loss, "is the loss the mean squared error of model(X) and y"),
         (lambda model, optimizer, X, y, num_steps: None, "write the body of <lambda>"),
         (lambda model, optimizer, X, y, num_steps: print("no loop yet"), "replace the ... with the loop"),
         (lambda model, optimizer, X, y, num_steps: "done", "append loss.item()"),
@@ -142,7 +142,7 @@ def test_exercise_2_right_answers():
 def test_exercise_2_wrong_answers_get_a_specific_hint(fn, words, capsys):
     assert not ex02.check_train_loop(fn)
     out = capsys.readouterr().out
-    assert words in out and "expected:" not in out, out
+    assert words in " ".join(out.split()) and "expected:" not in out, out
 
 
 def test_exercise_3(capsys):

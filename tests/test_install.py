@@ -28,7 +28,7 @@ def test_importing_utils_changes_no_rcparams_and_no_seed():
     code = (
         "import matplotlib, torch; before = dict(matplotlib.rcParams); state = torch.random.get_rng_state()\n"
         "import utils, utils.device, utils.data, utils.plotting, utils.printing, utils.exercises, utils.ex01\n"
-        "import utils.workbooks, utils.handout, utils.tracebacks\n"
+        "import utils.workbooks, utils.handout, utils.tracebacks, utils.answers\n"
         "assert dict(matplotlib.rcParams) == before, 'rcParams changed on import'\n"
         "assert torch.equal(torch.random.get_rng_state(), state), 'global seed changed on import'\n"
     )

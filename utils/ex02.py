@@ -149,8 +149,10 @@ def check_train_loop(train_loop: Any) -> Verdict:
                            hint="which call clears .grad, and where in the step may it go?")
         if not _close(losses, right) or not torch.allclose(_params(model), right_params, rtol=1e-6, atol=1e-9):
             return verdict(False, what, got=torch.tensor(losses[:4]), expected=torch.tensor(right[:4]),
-                           hint=f"with {name}: zero_grad(), loss = loss_fn(model(X), y), backward(), step(); "
-                           "one step per iteration, the loss appended before the next one")
+                           hint=[f"with {name} the losses differ from a correct loop's: is the loss the mean "
+                                 "squared error of model(X) and y, and is it recorded before or after its step?",
+                                 f"with {name}: zero_grad(), loss = mse_loss(model(X), y), backward(), step(); "
+                                 "one step per iteration, the loss appended before the next one"])
     return verdict(True, what + ", with SGD and with Adam")
 
 

@@ -142,6 +142,10 @@ CELLS_JS = """() => {
   });
   return {cells, kernel: panel.sessionContext.session?.kernel?.status};
 }"""
+# Code lines wider than their cell, as a projector shows them: scrolled, so cut off on screen.
+CUT_OFF_JS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .cm-scroller')]
+  .filter(s => s.scrollWidth > s.clientWidth + 1)
+  .map(s => s.closest('.jp-CodeCell').querySelector('.cm-content').innerText.slice(0, 60))"""
 SETTLED_JS = f"""() => {{
   const state = ({CELLS_JS})();
   return state.kernel === 'idle' && state.cells.every(c => c.type !== 'code' || c.count !== null);
@@ -182,6 +186,16 @@ def test_the_learners_copy_opens_blank_and_runs_every_cell(lab, browser, name):
         page.screenshot(path=str(SHOTS / f"{stem}-opened.png"))
         shown = [c["source"][:60] for c in before if c["outputs"] or c["shown"]]
         assert not shown, f"outputs on screen before anything ran: {shown}"
+
+        # The README's classroom set-up: View > Appearance > Presentation Mode, Ctrl+B (file browser)
+        for command in ("application:toggle-presentation-mode", "application:toggle-left-area"):
+            page.evaluate(f"() => window.jupyterapp.commands.execute('{command}')")
+        page.wait_for_timeout(500)
+        cut_off = page.evaluate(CUT_OFF_JS)
+        page.screenshot(path=str(SHOTS / f"{stem}-presentation.png"))
+        for command in ("application:toggle-presentation-mode", "application:toggle-left-area"):
+            page.evaluate(f"() => window.jupyterapp.commands.execute('{command}')")
+        assert not cut_off, f"code cut off on a projector in Presentation Mode: {cut_off}"
 
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         page.wait_for_function(SETTLED_JS, timeout=RUN_ALL_S * 1000)
