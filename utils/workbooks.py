@@ -41,6 +41,7 @@ LESSON = re.compile(r"^\d\d-.+\.ipynb$")
 SKIP = {"solutions", "__pycache__", ".ipynb_checkpoints"}
 # JupyterLab 4.6: no "get notified about Jupyter news?" pop-up over notebook 01 on first open.
 LAB_SETTINGS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
+NBVAL_MARK = re.compile(r"^[ \t]*# NBVAL_[A-Z_]+[ \t]*\n", re.M)
 VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
 
 
@@ -73,7 +74,8 @@ def _markdown_source(text: str, depth: str, local: set[str]) -> str:
 
 
 def cleared(notebook: dict[str, Any], *, depth: str = "../", local: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A copy of a notebook with outputs and execution counts cleared, tags kept.
+    """A copy of a notebook with outputs and execution counts cleared, tags kept, and nbval's
+    marker comments (`# NBVAL_IGNORE_OUTPUT`) taken out of the code.
 
     With `depth`, relative links in Markdown that leave the copies' folder (`solutions/...`)
     are pointed back at notebooks/ from a folder `depth` below the root; `local` names the
@@ -86,6 +88,9 @@ def cleared(notebook: dict[str, Any], *, depth: str = "../", local: frozenset[st
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
+            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            if NBVAL_MARK.search(source):  # test plumbing, nothing a learner needs to read
+                cell["source"] = NBVAL_MARK.sub("", source).splitlines(keepends=True)
         elif cell.get("cell_type") == "markdown" and depth:
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             cell["source"] = _markdown_source(source, depth, set(local)).splitlines(keepends=True)
