@@ -755,3 +755,45 @@ def test_known_limit_zeroing_through_data_between_backward_and_step_is_not_seen(
             o.step()
 
     assert run(data_zero_between)[3] == []
+
+
+# -- robustness: many optimizers, and an error inside the guard --------------------------------------------
+def test_optimizers_a_program_drops_are_released_with_their_hooks():
+    """A meta-learning loop builds an optimizer per task: each guard goes with its optimizer."""
+    from utils.guard import auto
+
+    model, _ = make()
+    auto.install()
+    try:
+        for task in range(50):
+            inner = torch.optim.SGD(model.parameters(), lr=0.01)
+            inner.zero_grad()
+            model.loss(task).backward()
+            inner.step()
+        del inner
+        hooks = [len(p._backward_hooks or {}) for p in model.parameters()]
+        alive = sum(g.optimizer is not None for g in auto.guards())
+    finally:
+        made = auto.uninstall()
+    # Python 3.11 keeps a snapshot of this function's variables from when the last optimizer was
+    # built (frame.f_locals, read to name the parameters): it can hold the one before it a while.
+    assert alive <= 1 and max(hooks) <= 1  # not 50 guards' hooks piled on the parameters
+    assert len(made) == 50 and all(g.steps == 1 for g in made) and all(g.findings == [] for g in made)
+
+
+def test_an_error_inside_the_guard_stops_the_guard_not_the_loop(monkeypatch, capsys):
+    import utils.guard.checker as checker
+
+    def broken(grad):
+        raise RuntimeError("a bug of the guard's own")
+
+    model, optimizer = make()
+    with ZeroGradGuard(optimizer) as guard:
+        monkeypatch.setattr(checker, "summary", broken)
+        forgot_zero_grad(model, optimizer)  # would need a summary: the guard breaks, the loop runs on
+    assert guard.steps == 0 or guard._broken
+    assert "utils.guard: stopped checking SGD after an error of its own (RuntimeError: a bug of the " \
+           "guard's own); the loop goes on unchecked." in capsys.readouterr().err
+    trained, _ = make()
+    forgot_zero_grad(trained, torch.optim.SGD(trained.parameters(), lr=0.01))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), trained.parameters()))

@@ -35,7 +35,17 @@ What it does not see (by design or by necessity), with the way out:
 - gradients computed only to be read and then cleared (an adversarial example made with
   backward()) look like lost work: mark the clear, or use `torch.autograd.grad`;
 - a window holding more backward() calls than it should is seen only with
-  `gradient_accumulation_steps=` given.
+  `gradient_accumulation_steps=` given;
+- optimizers created before `%load_ext utils.guard` (or before the command line's script
+  ran) are not guarded.
+
+Gradients cleared after the weights were changed by hand (the first pass of
+sharpness-aware minimisation) count as used; steps skipped by a GradScaler are judged as
+whole steps; gradients another optimizer's loss left in `.grad` (a GAN) may be cleared.
+The parts: checker.py (the guard and its hooks), clears.py (zero_grad() seen as it
+happens), verdicts.py and messages.py (what is reported), reads.py (one read per step),
+sites.py (your line, the intended-clear comment), auto.py, cli.py and notebook.py (every
+optimizer of a script or a notebook).
 """
 
 from utils.guard.checker import ZeroGradGuard

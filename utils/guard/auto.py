@@ -43,6 +43,7 @@ def install(*, report: Callable[[Finding], None] | None = None, max_warnings: in
 
 
 def installed() -> bool:
+    """Is every new optimizer being guarded now (by the command line or the notebook extension)?"""
     return _state["init"] is not None
 
 
@@ -66,7 +67,7 @@ def summary(made: list[ZeroGradGuard]) -> str:
     """A few lines on what the guards saw: optimizers, steps, findings by class with the first place."""
     if not made:
         return "utils.guard: no optimizer was created, so nothing was checked."
-    kinds = Counter(type(g.optimizer).__name__ for g in made)
+    kinds = Counter(g.kind for g in made)
     names = ", ".join(f"{n} {k}" if n > 1 else k for k, n in kinds.items())
     steps = sum(g.steps for g in made)
     findings = [(g, f) for g in made for f in g.findings]
@@ -84,5 +85,5 @@ def summary(made: list[ZeroGradGuard]) -> str:
         else:
             where = f"at {place(first.filename, first.lineno)}, " if first.filename else ""
         lines.append(f"  {kind} x {count}: the first {where}step {first.step} of optimizer {number} "
-                     f"({type(guard.optimizer).__name__})")
+                     f"({guard.kind})")
     return "\n".join(lines)

@@ -16,20 +16,19 @@ needs a verdict: at most one read per step, none in a loop that clears with `zer
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+import weakref
 from functools import partial
 from typing import Any, Callable
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from utils.guard import clears, messages
+from utils.guard import clears, verdicts
 from utils.guard.findings import DiscardedGradientWarning, Finding, StaleGradientWarning, ZeroGradWarning
-from utils.guard.findings import make_finding, warn
 from utils.guard.names import check_optimizer, find_names
-from utils.guard.reads import Summary, finite, nonzero, read, summary
+from utils.guard.reads import Summary, summary
 from utils.guard.record import UNCONFIRMED, Lost, Record
-from utils.guard.sites import Stack, intended, stack
+from utils.guard.sites import Stack, stack
 
 _explicit: dict[int, int] = {}  # id(optimizer) -> explicit guards on it: an automatic guard keeps quiet
 
@@ -65,7 +64,9 @@ class ZeroGradGuard:
             raise TypeError(f"expected model to be a torch.nn.Module or None, got {type(model).__name__}")
         check_options(max_warnings=max_warnings, gradient_accumulation_steps=gradient_accumulation_steps,
                       report=report)
-        self.optimizer, self.max_warnings, self.report = optimizer, max_warnings, report
+        self._optimizer = weakref.ref(optimizer)  # weak: a program that drops its optimizer frees it
+        self.kind, self._key = type(optimizer).__name__, id(optimizer)
+        self.max_warnings, self.report = max_warnings, report
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.steps = 0  # optimizer.step() calls completed since the guard started
         self.findings: list[Finding] = []
@@ -77,8 +78,10 @@ class ZeroGradGuard:
         self._foreign_steps = 0  # steps of other optimizers: they use gradients too (a GAN)
         self._groups_seen = 0
         self._waiting: set[int] = set()  # lazy parameters not materialised yet
+        self._frozen: list[torch.Tensor] = []  # the optimizer's parameters that do not require grad
         self._in_closure = False
         self._removed = False
+        self._broken = False  # an error inside the guard: it stops checking, never the loop
         self._warned: dict[type, int] = {StaleGradientWarning: 0, DiscardedGradientWarning: 0}
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
@@ -86,9 +89,30 @@ class ZeroGradGuard:
             register_optimizer_step_post_hook(self._after_any_step),
         ]
         if not _automatic:
-            _explicit[id(optimizer)] = _explicit.get(id(optimizer), 0) + 1
+            _explicit[self._key] = _explicit.get(self._key, 0) + 1
         clears.watch(self)
         self._attach_new_params(at_start=True)
+        self._finalizer = weakref.finalize(optimizer, self._optimizer_gone)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer watched (None once the program has dropped it)."""
+        return self._optimizer()
+
+    def _optimizer_gone(self) -> None:
+        """The program dropped the optimizer (one made per task, say): stop watching its parameters."""
+        self.remove()
+        if self._automatic:
+            self._records.clear()
+
+    def _muted(self) -> bool:
+        """An automatic guard keeps quiet while an explicit one watches the same optimizer."""
+        return self._automatic and bool(_explicit.get(self._key))
+
+    def _failed(self, error: Exception) -> None:
+        self._broken = True
+        print(f"utils.guard: stopped checking {self.kind} after an error of its own "
+              f"({type(error).__name__}: {error}); the loop goes on unchecked.", file=sys.stderr)
 
     # -- the context manager -------------------------------------------------------------
     def __enter__(self) -> ZeroGradGuard:
@@ -104,29 +128,39 @@ class ZeroGradGuard:
         if self._removed:
             return
         self._removed = True
+        self._finalizer.detach()
         for handle in self._handles + self._param_handles:
             handle.remove()
         self._handles, self._param_handles = [], []
         clears.unwatch(self)
         if not self._automatic:
-            _explicit[id(self.optimizer)] -= 1
+            _explicit[self._key] -= 1
         for record in self._records.values():  # anything cleared since the last look?
             self._observe(record)
-        self._report(step=self.steps, after_last=True)
-        if not self._automatic and not _explicit[id(self.optimizer)]:
-            del _explicit[id(self.optimizer)]
+        self._report(step=self.steps, after_last=True, candidates=[])
+        if not self._automatic and not _explicit[self._key]:
+            del _explicit[self._key]
 
     # -- which parameters ----------------------------------------------------------------
     def _attach_if_changed(self) -> None:
-        if self._waiting or len(self.optimizer.param_groups) != self._groups_seen:
+        """Cheap: hook parameters added (add_param_group), unfrozen or materialised since the last look."""
+        optimizer = self._optimizer()
+        if optimizer is not None and (self._waiting or len(optimizer.param_groups) != self._groups_seen
+                                      or any(p.requires_grad for p in self._frozen)):
             self._attach_new_params()
 
     def _attach_new_params(self, at_start: bool = False) -> None:
         """Hook every parameter that requires grad: at the start, or added, unfrozen or materialised later."""
-        self._groups_seen = len(self.optimizer.param_groups)
-        for i, group in enumerate(self.optimizer.param_groups):
+        optimizer = self._optimizer()
+        if optimizer is None:
+            return
+        self._groups_seen, self._frozen = len(optimizer.param_groups), []
+        for i, group in enumerate(optimizer.param_groups):
             for j, p in enumerate(group["params"]):
-                if id(p) in self._records or not p.requires_grad:
+                if id(p) in self._records:
+                    continue
+                if not p.requires_grad:
+                    self._frozen.append(p)
                     continue
                 if torch.nn.parameter.is_lazy(p):  # a lazy module's: hooked after its first forward
                     self._waiting.add(id(p))
@@ -149,89 +183,146 @@ class ZeroGradGuard:
     # -- the four kinds of moments -------------------------------------------------------
     def _before_accumulate(self, record: Record, incoming: torch.Tensor) -> None:
         """Runs before `.grad` of this leaf is added to: what happened since we last looked?"""
-        self._attach_if_changed()
-        self._observe(record)
-        grad = record.param.grad
-        if grad is not None:
-            if record.old is UNCONFIRMED:  # what a step used is about to be mixed with new contributions
-                record.old, record.checks = True, [summary(grad)]
-            if record.unconsumed and record.mixed is None:
-                if self._foreign_steps != record.since:
-                    record.mixed = "foreign"
-                elif record.param._version != record.pversion:
-                    record.mixed = "moved"
-        return None
+        if self._broken:
+            return None
+        try:
+            self._attach_if_changed()
+            self._observe(record)
+            grad = record.param.grad
+            if grad is not None:
+                if record.old is UNCONFIRMED:  # what a step used is about to be mixed with new contributions
+                    record.old, record.checks = True, [summary(grad)]
+                if record.unconsumed and record.mixed is None:
+                    if self._foreign_steps != record.since:
+                        record.mixed = "foreign"
+                    elif record.param._version != record.pversion:
+                        record.mixed = "moved"
+            return None
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     def _after_accumulate(self, record: Record, param: torch.Tensor) -> None:
         """Runs after a contribution was added to `.grad`."""
-        record.see(param.grad)
-        if not record.unconsumed:
-            record.since = self._foreign_steps
-        record.accs += 1
-        record.content = None  # unknown from now on
-        record.pversion = param._version
+        if self._broken:
+            return None
+        try:
+            record.see(param.grad)
+            if not record.unconsumed:
+                record.since = self._foreign_steps
+            record.accs += 1
+            record.content = None  # unknown from now on
+            record.pversion = param._version
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     def _before_clear(self, record: Record) -> Summary | None:
         """Before a zero_grad() clears `.grad`: a summary of what no step used yet, if anything."""
-        self._observe(record)
-        grad = record.param.grad
-        if not record.unconsumed or grad is None:
+        if self._broken:
             return None
-        return record.content if record.content is not None else summary(grad)
+        try:
+            self._observe(record)
+            grad = record.param.grad
+            if not record.unconsumed or grad is None:
+                return None
+            return record.content if record.content is not None else summary(grad)
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     def _after_clear(self, record: Record, size: Summary | None, frames: Stack, clear: int) -> None:
-        self._cleared(record, size, frames, clear)
-        grad = record.param.grad
-        if grad is None:
-            record.ref = None
-        else:
-            record.see(grad)
+        if self._broken:
+            return None
+        try:
+            self._cleared(record, size, frames, clear)
+            grad = record.param.grad
+            if grad is None:
+                record.ref = None
+            else:
+                record.see(grad)
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        self._attach_new_params()
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
-        if closure is not None:  # the closure zeroes and recomputes inside step(): not checked
-            self._in_closure = True
-            return
-        for record in self._records.values():
-            self._observe(record)
-            if record.refill is not None:  # cleared after another optimizer's step: refilled since?
-                if not record.unconsumed:
-                    self._lost.append(record.refill)
-                record.refill = None
-            grad = record.param.grad
-            if record.old is UNCONFIRMED and grad is not None:  # untouched since the last step: reused?
-                record.old, record.checks = True, [summary(grad)]
-        self._report(step=self.steps + 1, after_last=False)
+        if self._broken:
+            return None
+        try:
+            self._attach_if_changed()
+            closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
+            if closure is not None:  # the closure zeroes and recomputes inside step(): not checked
+                self._in_closure = True
+                return
+            candidates, k, overfull = [], self.gradient_accumulation_steps, False
+            for record in self._records.values():
+                self._observe(record)
+                if record.refill is not None:  # cleared after another optimizer's step: refilled since?
+                    if not record.unconsumed:
+                        self._lost.append(record.refill)
+                    record.refill = None
+                if record.param.grad is None:
+                    continue
+                if record.old is UNCONFIRMED:  # untouched since the last step: reused?
+                    record.old, record.checks = True, [summary(record.param.grad)]
+                if record.old is True or record.mixed is not None:
+                    candidates.append(record)
+                overfull = overfull or (k is not None and record.accs > k)
+            if candidates or self._lost or overfull:  # else nothing to judge: no read, no work
+                self._report(step=self.steps + 1, after_last=False, candidates=candidates)
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        self.steps += 1
-        self._in_closure = False
-        for record in self._records.values():
-            self._consumed(record)
+        if self._broken:
+            return None
+        try:
+            self.steps += 1
+            self._in_closure = False
+            for record in self._records.values():
+                self._consumed(record)
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     def _after_any_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if optimizer is self.optimizer:
-            return
-        self._foreign_steps += 1
-        for group in optimizer.param_groups:  # parameters it shares with ours: it used their gradients
-            for p in group["params"]:
-                record = self._records.get(id(p))
-                if record is not None:
-                    self._consumed(record)
+        if self._broken:
+            return None
+        try:
+            if optimizer is self._optimizer():
+                return
+            self._foreign_steps += 1
+            for group in optimizer.param_groups:  # parameters it shares with ours: it used their gradients
+                for p in group["params"]:
+                    record = self._records.get(id(p))
+                    if record is not None:
+                        self._consumed(record)
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            return self._failed(error)
 
     # -- keeping the records up to date --------------------------------------------------
     def _consumed(self, record: Record) -> None:
         """A step used what `.grad` holds: from now on it is old."""
-        record.reset()
-        grad = record.param.grad
+        if record.checks or record.mixed is not None or record.origin != "step":
+            record.reset()
+        record.accs, record.hand, record.content, record.refill = 0, False, None, None
+        param = record.param
+        grad = param.grad
         if grad is None:
-            record.ref = None
+            record.ref, record.old = None, False
         else:
             record.see(grad)
             record.old = UNCONFIRMED
-        record.refill = None
-        record.pversion = record.param._version
+        record.pversion = param._version
 
     def _observe(self, record: Record) -> None:
         """Bring the record up to date with `.grad`: notice changes made by hand since the last look."""
@@ -274,71 +365,9 @@ class ZeroGradGuard:
                 self._lost.append(lost)
         record.reset()
 
-    # -- verdicts --------------------------------------------------------------------------
-    def _report(self, *, step: int, after_last: bool) -> None:
-        records = list(self._records.values())
-        candidates = [] if after_last else [r for r in records if r.param.grad is not None
-                                            and (r.old is True or r.mixed is not None)]
-        lost, self._lost = self._lost, []
-        pending = [s for r in candidates if r.old is True for s in r.checks]
-        pending += [entry.size for entry in lost if entry.size is not None]
-        values = iter(read(pending))  # the one read of this step, when there is anything to read
-        for r in candidates:
-            if r.old is True:  # old contributions are still there unless something zeroed them
-                checked = [next(values) for _ in r.checks]
-                r.old, r.checks = all(nonzero(v) for v in checked), []
-        sizes = {id(entry): next(values) for entry in lost if entry.size is not None}
-        self._report_lost(lost, sizes, len(records), step, after_last)
-        if after_last:
-            return
-        groups: dict[str, list[Record]] = {}
-        for r in candidates:
-            if r.old is True:
-                groups.setdefault("old", []).append(r)
-            if r.mixed is not None:
-                groups.setdefault(r.mixed, []).append(r)
-        k = self.gradient_accumulation_steps
-        if k is not None and any(r.accs > k for r in records):
-            groups["overfull"] = [r for r in records if r.accs > k]
-        frames = stack() if groups else ()
-        if groups and not intended(frames):
-            flagged = sorted({r.index: r for g in groups.values() for r in g}.values(), key=lambda r: r.index)
-            message = messages.stale(groups, len(records), step, k)
-            self._warn(make_finding(step, StaleGradientWarning, [r.name for r in flagged], message, frames), frames)
-
-    def _report_lost(self, lost: list[Lost], sizes: dict[int, float], total: int, step: int,
-                     after_last: bool) -> None:
-        skipped = {entry.clear for entry in lost if not finite(sizes.get(id(entry), 0.0))}
-        kept = [entry for entry in lost if entry.clear not in skipped  # a skipped step is judged whole
-                and nonzero(sizes.get(id(entry), 1.0)) and not intended(entry.frames)]
-        if not kept:
-            return
-        first: dict[int, Lost] = {}
-        for entry in kept:
-            first.setdefault(entry.record.index, entry)
-        entries = [first[i] for i in sorted(first)]
-        places = {"foreign" if e.foreign else "end" if after_last else
-                  "window" if e.record.unconsumed else "step" for e in entries}
-        frames = entries[0].frames or stack()
-        message = messages.discarded([e.record for e in entries], places, total, step, after_last)
-        names = [e.record.name for e in entries]
-        self._warn(make_finding(step, DiscardedGradientWarning, names, message, frames), frames)
-
-    def _warn(self, finding: Finding, frames: Stack) -> None:
-        if self._automatic and _explicit.get(id(self.optimizer)):
-            return  # an explicit guard watches this optimizer and reports for it
-        self.findings.append(finding)
-        count = self._warned[finding.kind] = self._warned[finding.kind] + 1
-        if self.max_warnings is not None and count > self.max_warnings:
-            return
-        if self.max_warnings is not None and count == self.max_warnings:
-            where = "the summary at the end counts them" if self._automatic else "guard.findings lists them all"
-            finding = replace(finding, message=finding.message + f" (Further {finding.kind.__name__}s "
-                              f"are not shown; {where}.)")
-        if self.report is not None:
-            self.report(finding)
-        else:
-            warn(finding, frames)
+    # -- verdicts (utils/guard/verdicts.py) -------------------------------------------------
+    def _report(self, *, step: int, after_last: bool, candidates: list[Record]) -> None:
+        verdicts.judge(self, step=step, after_last=after_last, candidates=candidates)
 
 
 __all__ = ["ZeroGradGuard", "ZeroGradWarning"]

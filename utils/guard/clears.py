@@ -45,6 +45,7 @@ def unwatch(guard: Any) -> None:
 
 
 def add(param: torch.Tensor, guard: Any, record: Any) -> None:
+    """Show the clears of `param` to `guard`, which keeps `record` for it."""
     _watchers.setdefault(id(param), []).append((guard, record))
 
 

@@ -35,6 +35,7 @@ class Finding:
 
 def make_finding(step: int, kind: type[ZeroGradWarning], names: list[str], message: str,
                  frames: Stack) -> Finding:
+    """A finding pointing at the innermost line of `frames` (your code)."""
     filename, lineno = location(frames)
     return Finding(step, kind, tuple(names), message, filename, lineno)
 

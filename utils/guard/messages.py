@@ -9,6 +9,7 @@ _FIX_ONCE = "once per step: right after optimizer.step(), or right before the fi
 
 
 def listing(records: list[Record], total: int) -> str:
+    """Name the parameters: "2 of 6 parameters (body.weight, body.bias)", at most four, then how many more."""
     shown = ", ".join(r.name for r in records[:4])
     more = f" and {len(records) - 4} more" if len(records) > 4 else ""
     return f"{len(records)} of {total} parameters ({shown}{more})"

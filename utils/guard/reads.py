@@ -53,4 +53,5 @@ def nonzero(value: float) -> bool:
 
 
 def finite(value: float) -> bool:
+    """A largest |entry| that is neither inf nor nan (a skipped step's gradient is not)."""
     return value == value and value != float("inf")
