@@ -70,8 +70,6 @@ def test_postbuild_makes_the_learners_copies_and_the_lab_settings(tmp_path):
     assert settings == workbooks.LAB_SETTINGS
 
 
-@pytest.mark.xfail(strict=True, reason="README.md (the lead's) still opens notebooks/01: update the badge to "
-                   "urlpath=lab/tree/workbooks/01-gradients-accumulate.ipynb, then remove this mark")
 def test_readme_badge_opens_jupyterlab_at_the_copy_of_notebook_01():
     readme = (ROOT / "README.md").read_text()
     badge = re.search(r"\[!\[Binder\]\(https://mybinder.org/badge_logo.svg\)\]\((?P<url>[^)]+)\)", readme)
