@@ -32,6 +32,7 @@ def shell():
     yield shell
     if "utils.guard" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "utils.guard")
+    InteractiveShell.clear_instance()  # no IPython shell left behind for other tests
     assert not auto.installed() and not clears.installed()
 
 
