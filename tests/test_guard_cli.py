@@ -227,3 +227,17 @@ def test_inside_a_kernel_with_the_extension_loaded_it_says_to_unload_first(in_tm
         auto.uninstall()
     assert "already guarded here (by %load_ext utils.guard?): run %unload_ext utils.guard first" in (
         capsys.readouterr().err)
+
+
+def test_an_optimizer_the_guard_cannot_take_runs_unchecked(in_tmp, capsys, monkeypatch):
+    import utils.guard.checker as checker
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no names today")
+
+    monkeypatch.setattr(checker, "find_names", refuse)
+    write(in_tmp, "train.py", CORRECT)
+    assert main(["train.py"]) == 0  # the script ran to its end
+    out, err = capsys.readouterr()
+    assert "final loss" in out
+    assert "utils.guard: could not guard a SGD (RuntimeError: no names today); it runs unchecked." in err

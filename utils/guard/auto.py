@@ -10,6 +10,7 @@ its reporting while it lives, so nothing is reported twice.
 from __future__ import annotations
 
 import functools
+import sys
 from collections import Counter
 from typing import Any, Callable
 
@@ -35,8 +36,13 @@ def install(*, report: Callable[[Finding], None] | None = None, max_warnings: in
     @functools.wraps(original)
     def init_and_guard(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        if not any(guard.optimizer is self for guard in _state["guards"]):  # not one built twice over
+        if any(guard.optimizer is self for guard in _state["guards"]):  # one built twice over
+            return
+        try:
             _state["guards"].append(ZeroGradGuard(self, **options, _automatic=True))
+        except Exception as error:  # the program goes on, this optimizer unchecked
+            print(f"utils.guard: could not guard a {type(self).__name__} ({type(error).__name__}: "
+                  f"{error}); it runs unchecked.", file=sys.stderr)
 
     _state.update(init=original, guards=[], options=options)
     torch.optim.Optimizer.__init__ = init_and_guard

@@ -90,9 +90,14 @@ class ZeroGradGuard:
         ]
         if not _automatic:
             _explicit[self._key] = _explicit.get(self._key, 0) + 1
-        clears.watch(self)
-        self._attach_new_params(at_start=True)
         self._finalizer = weakref.finalize(optimizer, self._optimizer_gone)
+        clears.watch(self)
+        try:
+            self._attach_new_params(at_start=True)
+        except Exception:  # leave nothing behind, then say why
+            self._broken = True
+            self.remove()
+            raise
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -135,9 +140,16 @@ class ZeroGradGuard:
         clears.unwatch(self)
         if not self._automatic:
             _explicit[self._key] -= 1
-        for record in self._records.values():  # anything cleared since the last look?
-            self._observe(record)
-        self._report(step=self.steps, after_last=True, candidates=[])
+        if self._broken:
+            return
+        try:
+            for record in self._records.values():  # anything cleared since the last look?
+                self._observe(record)
+            self._report(step=self.steps, after_last=True, candidates=[])
+        except ZeroGradWarning:
+            raise
+        except Exception as error:  # a bug of the guard's own: say so, never break the program
+            self._failed(error)
         if not self._automatic and not _explicit[self._key]:
             del _explicit[self._key]
 
