@@ -295,3 +295,22 @@ def test_the_checker_points_at_the_step_line_counts_269_stale_steps_and_exits_3(
 def test_both_fixes_reach_the_same_accuracy(capsys):
     _, out = run_script(NOTEBOOKS / "solutions" / "09-fixed-train-partial-step.py", capsys)
     assert out.strip().endswith("test accuracy: 98.9%")
+
+
+def test_the_notebooks_in_kernel_command_line_prints_what_the_real_command_prints():
+    """Notebook 09 runs utils.guard.cli.main in its kernel, saying the command gives the same output."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "utils.guard", "--max-warnings", "1", "09-train.py"]
+    done = subprocess.run(command, cwd=NOTEBOOKS, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": ""})
+    assert done.returncode == 3
+    notebook = json.loads((NOTEBOOKS / "09-debug-a-real-run.ipynb").read_text())
+    cell = next(c for c in notebook["cells"] if c["cell_type"] == "code"
+                and '"09-train.py"])' in "".join(c["source"]))
+    stored = "".join("".join(o.get("text", "")) for o in cell["outputs"])
+    assert stored.endswith("exit status: 3\n")
+    assert sorted(stored.splitlines()[:-1]) == sorted((done.stdout + done.stderr).splitlines())
