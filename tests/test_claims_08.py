@@ -438,6 +438,12 @@ def test_a_window_too_long_is_seen_only_with_gradient_accumulation_steps():
     assert {f.kind for f in guard.findings} == {StaleGradientWarning} and len(guard.findings) == 3
 
 
+def test_two_rates_on_one_backward_and_sam_through_data_need_the_mark():
+    assert {w.category for w in cases.multi_rate(mark=False)} == {StaleGradientWarning}
+    assert cases.multi_rate(mark=True) == []
+    cases.test_known_limit_weights_moved_through_data_need_the_comment()
+
+
 def test_inspected_then_cleared_gradients_count_as_discarded_but_autograd_grad_does_not():
     def inspect_with_backward(model, optimizer, batches):
         for X, y in batches:

@@ -460,3 +460,61 @@ def test_9_bad_gradient_accumulation_steps():
     for bad in (0, -2, 1.5, True, "4"):
         with pytest.raises(ValueError, match="expected gradient_accumulation_steps as an int >= 1 or None"):
             ZeroGradGuard(optimizer, gradient_accumulation_steps=bad)
+
+
+# -- known limits, with their way out -----------------------------------------------------------------------
+def multi_rate(mark: bool):
+    """Two optimizers on one shared backward(), the body stepping every second batch (on purpose)."""
+    torch.manual_seed(0)
+    body, head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)
+    body_optimizer = torch.optim.SGD(body.parameters(), lr=0.01)
+    head_optimizer = torch.optim.SGD(head.parameters(), lr=0.01)
+    with watch(body_optimizer, head_optimizer) as (guards, caught):
+        for i in range(4):
+            torch.nn.functional.mse_loss(head(torch.tanh(body(data(i)[0]))), data(i)[1]).backward()
+            head_optimizer.step()
+            head_optimizer.zero_grad()
+            if i % 2 == 1:
+                if mark:
+                    body_optimizer.step()  # zero_grad: intended
+                else:
+                    body_optimizer.step()
+                body_optimizer.zero_grad()
+    return caught
+
+
+def test_known_limit_a_window_that_spans_another_optimizers_steps_on_purpose():
+    """The guard cannot tell this from a GAN's leaked gradient; the comment on the step says it is meant."""
+    assert kinds(multi_rate(mark=False)) == [STALE, STALE]
+    assert multi_rate(mark=True) == []
+
+
+class DataSAM(SAM):
+    """A variant that climbs through `.data`, whose version counter is its own."""
+
+    @torch.no_grad()
+    def first_step(self, zero_grad=False):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self.state[p]["e_w"] = 0.05 * p.grad
+                    p.data.add_(self.state[p]["e_w"])
+        if zero_grad:
+            self.zero_grad()
+
+
+def test_known_limit_weights_moved_through_data_need_the_comment():
+    for mark in (False, True):
+        model = mlp()
+        optimizer = DataSAM(model.parameters(), torch.optim.SGD, lr=0.1)
+        with watch(optimizer.base_optimizer) as (guards, caught):
+            for i in range(3):
+                X, y = data(i)
+                torch.nn.functional.mse_loss(model(X), y).backward()
+                if mark:
+                    optimizer.first_step(zero_grad=True)  # zero_grad: intended
+                else:
+                    optimizer.first_step(zero_grad=True)
+                torch.nn.functional.mse_loss(model(X), y).backward()
+                optimizer.second_step(zero_grad=True)
+        assert kinds(caught) == ([] if mark else [DISCARDED] * 3)

@@ -36,6 +36,10 @@ What it does not see (by design or by necessity), with the way out:
   backward()) look like lost work: mark the clear, or use `torch.autograd.grad`;
 - a window holding more backward() calls than it should is seen only with
   `gradient_accumulation_steps=` given;
+- two optimizers that step at different rates on one shared backward() on purpose look
+  like a GAN's leaked gradient (stale): end the slower one's `step()` line with the comment;
+- a two-step method that moves the weights through `.data` (`p.data.add_(e)`) is not seen
+  moving them: end its first step's line with the comment;
 - optimizers created before `%load_ext utils.guard` (or before the command line's script
   ran) are not guarded.
 
