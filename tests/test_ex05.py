@@ -223,3 +223,40 @@ def test_checks_leave_the_global_random_state_alone():
     torch.manual_seed(7)
     ex05.check_accumulation_loop(window_loop)
     assert torch.equal(torch.rand(3), expected)
+
+
+def one_graph_through_autograd_grad(model, loss_fn, optimizer, micro_batches, k):
+    """Forbidden: one graph per window, its gradient set by hand (no backward() at all)."""
+    for start in range(0, len(micro_batches), k):
+        window = micro_batches[start:start + k]
+        loss = sum(loss_fn(model(X), y) / len(window) for X, y in window)
+        for param, grad in zip(model.parameters(), torch.autograd.grad(loss, list(model.parameters()))):
+            param.grad = grad
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def hard_coded_sizes(model, loss_fn, optimizer, micro_batches, gradient_accumulation_steps):
+    """Right for 10 micro-batches and k = 4 only: the numbers of the exercise, not its arguments."""
+    for start in range(0, 10, 4):
+        window = micro_batches[start:start + 4]
+        for X, y in window:
+            (loss_fn(model(X), y) / len(window)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_exercise_2_a_window_without_backward_is_refused(capsys):
+    assert not ex05.check_accumulation_loop(one_graph_through_autograd_grad)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no backward() for 10 micro-batches" in out and "Right" not in out
+
+
+def test_exercise_2_a_loop_must_use_the_sizes_it_is_given(capsys):
+    assert ex05._steps_of_window_loop(7 * ex05.SIZE, ex05.SIZE, 3, 1) == 3  # windows of 3, 3 and 1
+    assert not ex05.check_accumulation_loop(hard_coded_sizes)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "use the arguments" in out and "expected:" not in out
+    for solution in (window_loop, enumerate_loop):
+        assert ex05.check_accumulation_loop(solution)
+    assert "of 3, 3 and 1" in " ".join(capsys.readouterr().out.split())

@@ -164,7 +164,7 @@ def test_exercise_3_right(solution, capsys):
 @pytest.mark.parametrize("changes, words", [
     ({"clip_first": True}, "call scaler.unscale_(optimizer) before clipping"),
     ({"no_unscale": True}, "call scaler.unscale_(optimizer) before clipping"),
-    ({"no_clip": True}, "the steps are not clipped"),
+    ({"no_clip": True}, "never cut to max_norm"),
     ({"update_per_micro_batch": True}, "it belongs once per optimizer step"),
     ({"unscale_per_micro_batch": True}, "ran twice in one step"),
     ({"no_scale": True}, "never scaled"),
@@ -220,3 +220,49 @@ def test_the_counting_scaler_records_only_the_learners_calls():
     scaler.step(optimizer)  # unscales inside: not the learner's unscale_
     scaler.update()
     assert scaler.calls == ["scale", "step", "update"]
+
+
+def test_exercise_2_a_loss_that_runs_backward_itself_is_told_so(capsys):
+    def backward_inside(logits, labels, num_tokens_in_step):
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / num_tokens_in_step
+        loss.backward(retain_graph=True)
+        return loss
+
+    assert not ex06.check_token_loss(backward_inside)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "backward() ran twice per micro-batch" in out and "expected:" not in out
+
+
+def test_exercise_3_autocast_gets_its_own_verdict(capsys):
+    def under_autocast(model, loss_fn, optimizer, scaler, micro_batches, k, max_norm):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            scaled_epoch(model, loss_fn, optimizer, scaler, micro_batches, k, max_norm)
+
+    assert not ex06.check_scaled_epoch(under_autocast)
+    assert "leave autocast out here" in " ".join(capsys.readouterr().out.split())
+
+
+def test_exercise_3_a_loop_must_use_the_sizes_it_is_given(capsys):
+    def hard_coded_k(model, loss_fn, optimizer, scaler, micro_batches, k, max_norm):
+        scaled_epoch(model, loss_fn, optimizer, scaler, micro_batches, 4, max_norm)
+
+    assert not ex06.check_scaled_epoch(hard_coded_k)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "use the arguments" in out and "expected:" not in out
+
+
+def test_exercise_3_unscale_and_update_per_micro_batch_are_caught(capsys):
+    def both_per_micro_batch(model, loss_fn, optimizer, scaler, micro_batches, k, max_norm):
+        for start in range(0, len(micro_batches), k):
+            window = micro_batches[start:start + k]
+            for X, y in window:
+                scaler.scale(loss_fn(model(X), y) / len(window)).backward()
+                scaler.unscale_(optimizer)  # accepted: update() below resets the refusal
+                scaler.update()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+
+    assert not ex06.check_scaled_epoch(both_per_micro_batch)
+    assert "once per optimizer step" in " ".join(capsys.readouterr().out.split())

@@ -157,3 +157,37 @@ def test_the_stand_in_model_restores_syncing_after_an_error():
         assert not model.syncing
         raise KeyError("inside")
     assert model.syncing
+
+
+def test_exercise_3_setting_require_backward_grad_sync_is_seen_as_ddp_sees_it(capsys):
+    """Notebook 07 teaches the attribute as the alternative to no_sync(); the stand-in honours it."""
+    def by_attribute(model, micro_step, gradient_accumulation_steps):
+        model.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        return contextlib.nullcontext()
+
+    def attribute_never_restored(model, micro_step, gradient_accumulation_steps):
+        model.require_backward_grad_sync = False
+        return contextlib.nullcontext()
+
+    assert ex07.check_sync_context(by_attribute)
+    assert not ex07.check_sync_context(attribute_never_restored)
+    assert "nothing is ever all-reduced" in flat(capsys.readouterr().out)
+
+
+def test_exercise_3_a_window_of_one_micro_step_reads_well(capsys):
+    assert not ex07.check_sync_context(lambda model, m, k: model.no_sync() if m < 3 else contextlib.nullcontext())
+    assert "per window of 1 micro-step" in flat(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("make_int", [lambda n: __import__("numpy").int64(n), lambda n: __import__("torch").tensor(n)])
+def test_exercise_1_an_int_that_range_accepts_is_an_int(make_int, capsys):
+    def numpy_or_tensor(effective_batch_size, world_size, train_batch_size):
+        return make_int(accumulation_steps_for(effective_batch_size, world_size, train_batch_size))
+
+    assert ex07.check_accumulation_steps_for(numpy_or_tensor)
+
+
+def test_exercise_1_a_bool_or_float_is_still_not_an_int(capsys):
+    assert not ex07.check_accumulation_steps_for(lambda e, w, t: True)
+    assert not ex07.check_accumulation_steps_for(lambda e, w, t: float(e // (w * t)))
+    assert "return an int" in flat(capsys.readouterr().out)

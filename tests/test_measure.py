@@ -1,11 +1,13 @@
 """utils.measure: bytes saved for backward, gradient snapshots and their largest difference."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 
 from utils.device import get_device
-from utils.measure import BackwardCounter, SavedTensorMeter, grads, largest_difference
+from utils.measure import BackwardCounter, SavedTensorMeter, grads, largest_difference, rounding_error
 
 device = get_device()
 
@@ -195,3 +197,48 @@ def test_backward_counter_bad_input(model, optimizer, error, words):
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     with pytest.raises(error, match=words):
         BackwardCounter(model, optimizer)
+
+
+# rounding_error (notebook 06's plot of what float16 and bfloat16 keep)
+
+HALF_TYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+@settings(max_examples=200, deadline=None)
+@given(exponent=st.floats(-12.0, 4.8), dtype=st.sampled_from(HALF_TYPES))
+def test_rounding_error_bounds_what_torch_really_rounds(exponent, dtype):
+    """torch is the oracle: storing v in dtype moves it by no more than the bound."""
+    value = torch.tensor([10.0**exponent], dtype=torch.float64)
+    actual = ((value.to(dtype).double() - value).abs() / value).item()
+    assert actual <= rounding_error(value, dtype).item() * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("dtype", HALF_TYPES)
+@pytest.mark.parametrize("start", [1.0, 2.0**-20, 2.0**-140, 1000.0])
+def test_rounding_error_is_reached_somewhere_in_each_range(dtype, start):
+    """The bound is tight: just off the midpoints between neighbours, rounding comes close to it."""
+    values = torch.linspace(start, 2 * start, 100_001, dtype=torch.float64)
+    actual = (values.to(dtype).double() - values).abs() / values
+    bound = rounding_error(values, dtype)
+    assert bool((actual <= bound * (1 + 1e-12)).all())
+    assert (actual / bound).max() > 0.95  # at a midpoint between neighbours it is the bound itself
+
+
+def test_rounding_error_of_float16_and_bfloat16_at_the_sizes_notebook_06_names():
+    sizes = torch.tensor([1.0, 6.2e-5, 3.1e-8, 2.9e-8, 1e-8, 65519.0, 65520.0, 0.0], dtype=torch.float64)
+    half, bfloat = rounding_error(sizes, torch.float16), rounding_error(sizes, torch.bfloat16)
+    assert half[0] == 2.0**-11 and bfloat[0] == 2.0**-8  # 0.05% against 0.4%
+    assert half[1] < 2.0**-10 and 0.5 < half[2] < 1 and half[3] == half[4] == 1.0  # lost below 3e-8
+    assert half[5] < 1e-3 and half[6] == float("inf") and half[7] == 0.0
+    assert bool((bfloat[:6] <= 2.0**-8).all())  # bfloat16 keeps every size, with fewer digits
+    assert sizes[3].half().item() == 0.0 and sizes[2].half().item() > 0
+
+
+@pytest.mark.parametrize("values, dtype, words", [
+    ([1.0], torch.float16, "expected values as a tensor"),
+    (torch.ones(2), torch.int32, "floating-point torch.dtype"),
+    (torch.ones(2), "float16", "floating-point torch.dtype"),
+])
+def test_rounding_error_bad_input(values, dtype, words):
+    with pytest.raises(TypeError, match=words):
+        rounding_error(values, dtype)

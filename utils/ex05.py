@@ -65,10 +65,11 @@ def check_total_steps(answer: Any) -> Verdict:
 
 
 SIZE, NUM_MICRO, K, LR = 4, 10, 4, 0.1  # 10 micro-batches of 4 samples: windows of 4, 4 and 2
+OTHER_SIZES = (7, 3)  # a second epoch: 7 micro-batches, windows of 3, 3 and 1
 
 
-def _setup() -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
-    data = make_regression(num_samples=SIZE * NUM_MICRO, num_features=3, seed=104, dtype=torch.float64)
+def _setup(num_micro: int = NUM_MICRO) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    data = make_regression(num_samples=SIZE * num_micro, num_features=3, seed=104, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]):  # leave the learner's random state alone
         model = nn.Linear(3, 1).double()
     with torch.no_grad():
@@ -81,29 +82,29 @@ def _params(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _big_batches() -> list[torch.Tensor]:
+def _big_batches(num_micro: int = NUM_MICRO, k: int = K) -> list[torch.Tensor]:
     """One step per window of micro-batches put together, the last window shorter."""
-    model, micro_batches = _setup()
+    model, micro_batches = _setup(num_micro)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    for start in range(0, len(micro_batches), K):
-        X, y = (torch.cat(parts) for parts in zip(*micro_batches[start:start + K]))
+    for start in range(0, len(micro_batches), k):
+        X, y = (torch.cat(parts) for parts in zip(*micro_batches[start:start + k]))
         nn.MSELoss()(model(X), y).backward()
         optimizer.step()
         optimizer.zero_grad()
     return _params(model)
 
 
-def _variant(kind: str) -> list[torch.Tensor]:
+def _variant(kind: str, num_micro: int = NUM_MICRO, k: int = K) -> list[torch.Tensor]:
     """Train one epoch with a known mistake (an unknown kind: the last window divided by k)."""
-    model, micro_batches = _setup()
+    model, micro_batches = _setup(num_micro)
     loss_fn, optimizer = nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=LR)
     last = len(micro_batches) - 1
     for i, (X, y) in enumerate(micro_batches):
         if kind == "zero_grad before backward":
             optimizer.zero_grad()
         loss = loss_fn(model(X), y)
-        (loss if kind == "no division" else loss / K).backward()
-        window_ends = (i + 1) % K == 0 or (i == last and kind != "leaky")
+        (loss if kind == "no division" else loss / k).backward()
+        window_ends = (i + 1) % k == 0 or (i == last and kind != "leaky")
         if kind == "step every micro-batch" or window_ends:
             optimizer.step()
             if kind != "never zero_grad":
@@ -129,12 +130,9 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.allclose(x, z, rtol=1e-7, atol=1e-10) for x, z in zip(a, b))
 
 
-@exercise
-def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
-    """Exercise 2: `train_one_epoch(model, loss_fn, optimizer, micro_batches, k)`: one epoch,
-    a backward() per micro-batch, a step per window (the short last one too)."""
-    what = "train_one_epoch(...) steps like one big batch per window"
-    model, micro_batches = _setup()
+def _run_epoch(train_one_epoch: Any, num_micro: int, k: int, what: str) -> tuple[Any, ...]:
+    """Run the learner's epoch on fresh data; what it did: (ok, result, start, params, counter, rows)."""
+    model, micro_batches = _setup(num_micro)
     start = _params(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     rows_per_forward: list[int] = []
@@ -142,11 +140,19 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
         len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else -1))
     with BackwardCounter(model, optimizer) as counter:
         ok, result = call_learner_function(train_one_epoch, model, nn.MSELoss(), optimizer,
-                                           list(micro_batches), K, what=what)
+                                           list(micro_batches), k, what=what)
     hook.remove()
+    return ok, result, start, _params(model), counter, rows_per_forward
+
+
+@exercise
+def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
+    """Exercise 2: `train_one_epoch(model, loss_fn, optimizer, micro_batches, k)`: one epoch,
+    a backward() per micro-batch, a step per window (the short last one too)."""
+    what = "train_one_epoch(...) steps like one big batch per window"
+    ok, result, start, got, counter, rows_per_forward = _run_epoch(train_one_epoch, NUM_MICRO, K, what)
     if not ok:
         return result
-    got = _params(model)
     if any(rows > SIZE for rows in rows_per_forward):
         return verdict(False, what, wanted=f"forward passes of one micro-batch ({SIZE} samples)",
                        got=f"forward passes on up to {max(rows_per_forward)} samples",
@@ -160,7 +166,13 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
                 "the parameters moved, but not through the optimizer you were given: call its step()")
         return verdict(False, what, wanted="optimizer.step() at the end of every window",
                        got="no call of the given optimizer's step()", hint=hint)
-    if 0 < backward_calls < NUM_MICRO:
+    if backward_calls == 0:
+        return verdict(False, what, wanted="one backward() per micro-batch",
+                       got=f"no backward() for {NUM_MICRO} micro-batches, yet the optimizer stepped",
+                       hint="call backward() on each micro-batch's loss, and let it add into .grad: "
+                            "gradients from torch.autograd.grad or set by hand bypass what the "
+                            "exercise is about")
+    if backward_calls < NUM_MICRO:
         return verdict(False, what, wanted="one backward() per micro-batch",
                        got=f"{backward_calls} backward() calls for {NUM_MICRO} micro-batches",
                        hint="call backward() on each micro-batch's loss: adding a window's losses and "
@@ -170,7 +182,7 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
             return verdict(False, what, got="gradients left in .grad after the last step",
                            hint="backward() ran after the last optimizer.step(): every micro-batch "
                                 "belongs to a window that ends with a step")
-        return verdict(True, what + ": one backward() per micro-batch, windows of 4, 4 and 2")
+        return _check_other_sizes(train_one_epoch, what)
     steps = f"steps after {counter.per_step} micro-batches" + (
         f", {counter.pending} left over" if counter.pending else "")
     if counter.pending and counter.per_step == [K] * (NUM_MICRO // K):
@@ -181,3 +193,20 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
     return verdict(False, what, got=steps,
                    hint="compare each step with one step on its window's micro-batches put together: "
                         "does every sample weigh the same, in the short window too?")
+
+
+def _check_other_sizes(train_one_epoch: Any, what: str) -> Verdict:
+    """The verdict once the main epoch is right: does the function also use the sizes it is given?"""
+    num_micro, k = OTHER_SIZES
+    ok, result, _, got, counter, _ = _run_epoch(train_one_epoch, num_micro, k, what)
+    if not ok:
+        return result
+    expected_steps = [min(k, num_micro - start) for start in range(0, num_micro, k)]
+    if counter.per_step != expected_steps or counter.pending or not _same(got, _big_batches(num_micro, k)):
+        return verdict(False, what + f", with {num_micro} micro-batches and gradient_accumulation_steps "
+                       f"= {k}", got=f"steps after {counter.per_step} micro-batches" + (
+                           f", {counter.pending} left over" if counter.pending else ""),
+                       hint="right for this exercise's sizes, not for others: use the arguments "
+                            "(len(micro_batches), gradient_accumulation_steps), not the numbers 10 and 4")
+    return verdict(True, what + ": one backward() per micro-batch, windows of 4, 4 and 2 (and of 3, 3 "
+                   "and 1 for 7 micro-batches and gradient_accumulation_steps = 3)")

@@ -117,6 +117,10 @@ def check_token_loss(micro_batch_token_loss: Any) -> Verdict:
         return result
     if torch.allclose(result, truth):
         return verdict(True, what)
+    if torch.allclose(result, 2 * truth):
+        return verdict(False, what, got="twice the step's gradient",
+                       hint="backward() ran twice per micro-batch: return the loss and leave backward() "
+                            "to the loop (here, the check)")
     for wrong, hint in TOKEN_MISTAKES:
         if torch.allclose(result, _accumulated_gradient(model, inputs, labels, wrong)):
             return verdict(False, what, got="a gradient unlike the step's token mean", hint=hint)
@@ -157,10 +161,12 @@ class _CountingScaler(torch.amp.GradScaler):
 
 
 SIZE, NUM_MICRO, K, LR, MAX_NORM = 4, 10, 4, 0.1, 5.0  # windows of 4, 4 and 2 micro-batches
+OTHER_SIZES = (7, 3)  # a second epoch: 7 micro-batches, windows of 3, 3 and 1
 
 
-def _scaled_setup(overflow: bool = False) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
-    data = make_regression(num_samples=SIZE * NUM_MICRO, num_features=3, seed=106)
+def _scaled_setup(overflow: bool = False, num_micro: int = NUM_MICRO
+                  ) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    data = make_regression(num_samples=SIZE * num_micro, num_features=3, seed=106)
     with torch.random.fork_rng(devices=[]):
         model = nn.Linear(3, 1)
     with torch.no_grad():
@@ -172,12 +178,13 @@ def _scaled_setup(overflow: bool = False) -> tuple[nn.Module, list[tuple[torch.T
     return model, [(Xm.clone(), ym.clone()) for Xm, ym in zip(X.split(SIZE), data.y.split(SIZE))]
 
 
-def _reference(kind: str = "right", overflow: bool = False) -> list[torch.Tensor]:
+def _reference(kind: str = "right", overflow: bool = False, num_micro: int = NUM_MICRO, k: int = K
+               ) -> list[torch.Tensor]:
     """The epoch, right or with a known mistake, on a real GradScaler; the final parameters."""
-    model, micro_batches = _scaled_setup(overflow)
+    model, micro_batches = _scaled_setup(overflow, num_micro)
     optimizer, scaler = torch.optim.SGD(model.parameters(), lr=LR), torch.amp.GradScaler("cpu")
-    for start in range(0, NUM_MICRO, K):
-        window = micro_batches[start:start + K]
+    for start in range(0, num_micro, k):
+        window = micro_batches[start:start + k]
         for X, y in window:
             scaler.scale(nn.MSELoss()(model(X), y) / len(window)).backward()
         if kind == "clip before unscale_":  # the same as no unscale_: step() unscales later
@@ -194,7 +201,8 @@ def _reference(kind: str = "right", overflow: bool = False) -> list[torch.Tensor
 SCALER_MISTAKES = {
     "clip before unscale_": "the clip measured the norm of scaled gradients, thousands of times too "
                             "large: call scaler.unscale_(optimizer) before clipping",
-    "no clipping": "the steps are not clipped: clip to max_norm once per window, after unscale_",
+    "no clipping": "the gradient's total norm was never cut to max_norm: clip it by norm, once per "
+                   "window, after unscale_",
 }
 _SCALER_ERRORS = [
     ("No inf checks were recorded prior to update", "scaler.update() ran where this step had no "
@@ -208,15 +216,21 @@ _SCALER_ERRORS = [
 ]
 
 
-def _run_scaled(fn: Any, overflow: bool, what: str) -> tuple[Any, ...]:
-    model, micro_batches = _scaled_setup(overflow)
+def _autocast_on() -> bool:
+    return any(torch.is_autocast_enabled(device) for device in ("cpu", "cuda"))
+
+
+def _run_scaled(fn: Any, overflow: bool, what: str, num_micro: int = NUM_MICRO, k: int = K
+                ) -> tuple[Any, ...]:
+    model, micro_batches = _scaled_setup(overflow, num_micro)
     optimizer, scaler = torch.optim.SGD(model.parameters(), lr=LR), _CountingScaler()
-    rows: list[int] = []
+    rows: list[int] = []  # samples per forward pass; -1 for a pass under autocast
     hook = model.register_forward_pre_hook(lambda module, args: rows.append(
-        len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else -1))
+        -1 if _autocast_on() else
+        len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else 0))
     with BackwardCounter(model, optimizer) as counter:
         ok, result = call_learner_function(fn, model, nn.MSELoss(), optimizer, scaler, list(micro_batches),
-                                           K, MAX_NORM, what=what, errors=_SCALER_ERRORS)
+                                           k, MAX_NORM, what=what, errors=_SCALER_ERRORS)
     hook.remove()
     return ok, result, [p.detach().clone() for p in model.parameters()], scaler.calls, counter, rows
 
@@ -233,6 +247,11 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
     if not ok:
         return result
     windows = -(-NUM_MICRO // K)
+    if -1 in rows:
+        return verdict(False, what, wanted="forward passes in float32 (no autocast in this exercise)",
+                       got="forward passes under torch.autocast",
+                       hint="leave autocast out here: the check runs on the CPU and compares parameters "
+                            "to float32 rounding; what it checks is where the scaler's calls go")
     if any(r > SIZE for r in rows):
         return verdict(False, what, wanted=f"forward passes of one micro-batch ({SIZE} samples)",
                        got=f"forward passes on up to {max(rows)} samples",
@@ -272,4 +291,14 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
                        got="a window with an inf in its gradients changed the parameters",
                        hint="a window whose gradients hold an inf must be skipped: scaler.step(optimizer) "
                             "does that, optimizer.step() does not")
+    num_micro, k = OTHER_SIZES
+    ok, result, got, calls, counter, _ = _run_scaled(train_one_epoch_scaled, False, what, num_micro, k)
+    if not ok:
+        return result
+    expected_steps = [min(k, num_micro - start) for start in range(0, num_micro, k)]
+    if counter.per_step != expected_steps or not _close(got, _reference(num_micro=num_micro, k=k)):
+        return verdict(False, what + f", with {num_micro} micro-batches and gradient_accumulation_steps = {k}",
+                       got=f"optimizer steps after {counter.per_step} micro-batches",
+                       hint="right for this exercise's sizes, not for others: use the arguments "
+                            "(len(micro_batches), gradient_accumulation_steps), not the numbers 10 and 4")
     return verdict(True, what + "; a window that overflows is skipped")

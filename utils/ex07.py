@@ -6,6 +6,7 @@ then prints a verdict. None of them starts processes: they run in the notebook's
 
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -31,6 +32,8 @@ def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
                                            what=what)
         if not ok:
             return result
+        if _whole_number(result):
+            result = operator.index(result)  # numpy and 0-d tensor ints work in range() too
         if isinstance(result, bool) or not isinstance(result, int):
             if result is None:
                 hint = "your function returns None: end it with return and the number of micro-batches"
@@ -56,6 +59,17 @@ def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
         if (early := _check_not_fitting(accumulation_steps_for, what, *case)) is not None:
             return early
     return verdict(True, what + ", with a ValueError when no whole number of micro-batches fits")
+
+
+def _whole_number(value: Any) -> bool:
+    """True for an int-like value that range() accepts (numpy ints, 0-d int tensors), not a bool."""
+    if isinstance(value, bool) or isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        return False
+    try:
+        operator.index(value)
+    except Exception:
+        return False
+    return True
 
 
 def _check_not_fitting(accumulation_steps_for: Any, what: str, effective: int, world_size: int,
@@ -101,7 +115,8 @@ def check_loss_divisor(answer: Any) -> Verdict:
         answer,
         _divisor_for(world_size, steps),
         what="the number to divide each micro-batch's loss by",
-        hint="backward() adds the micro-batches on each process; DDP then averages over processes",
+        hint="on each process, backward() adds up the micro-batches; DDP then averages over the "
+             "processes",
         mistakes=[
             (world_size * steps, f"{world_size * steps} = world_size × steps: DDP already divides the "
              "all-reduced sum by world_size, so this step would be 4 times too small"),
@@ -115,19 +130,29 @@ def check_loss_divisor(answer: Any) -> Verdict:
 
 
 class FakeDDP:
-    """Stands in for a DDP model in exercise 3: records whether backward ran inside `no_sync()`."""
+    """Stands in for a DDP model in exercise 3: whether a backward() here would all-reduce.
+
+    Like `DistributedDataParallel`, it keeps that in `require_backward_grad_sync`, which
+    `no_sync()` sets to False inside its `with` block (so a loop that sets the attribute
+    itself, as notebook 07 shows, is seen the way DDP would see it).
+    """
 
     def __init__(self) -> None:
-        self.syncing = True
+        self.require_backward_grad_sync = True
+
+    @property
+    def syncing(self) -> bool:
+        """Whether a backward() run now would all-reduce."""
+        return bool(self.require_backward_grad_sync)
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
         """Like `DistributedDataParallel.no_sync`: inside it, backward() does not all-reduce."""
-        before, self.syncing = self.syncing, False
+        before, self.require_backward_grad_sync = self.require_backward_grad_sync, False
         try:
             yield
         finally:
-            self.syncing = before
+            self.require_backward_grad_sync = before
 
 
 def _synced_micro_steps(sync_context: Any, steps: int, what: str) -> tuple[bool, Any]:
@@ -180,6 +205,7 @@ def check_sync_context(sync_context: Any) -> Verdict:
                 hint = "sync on the last micro-batch, so that its all-reduce carries all of them"
             else:
                 hint = "only the last micro-step, micro_step == gradient_accumulation_steps - 1, syncs"
-            return verdict(False, what, wanted=f"one all-reduce per window of {steps} micro-steps", got=got,
+            micro_steps = "1 micro-step" if steps == 1 else f"{steps} micro-steps"
+            return verdict(False, what, wanted=f"one all-reduce per window of {micro_steps}", got=got,
                            hint=hint, expected=f"an all-reduce at micro-step {steps - 1} only")
-    return verdict(True, what + ": no_sync() for all but the last micro-batch")
+    return verdict(True, what + ": no all-reduce for all but the last micro-step of each window")

@@ -1,4 +1,5 @@
-"""Measure what training keeps and does: saved bytes, gradients, backward() calls per step (notebook 05).
+"""Measure what training keeps and does: saved bytes, gradients, backward() calls per step, what a
+16-bit type loses (notebooks 05-07).
 
 `SavedTensorMeter` counts the tensors a forward pass saves for `backward()` (activations),
 through `torch.autograd.graph.saved_tensors_hooks`. It counts each distinct storage once and
@@ -6,11 +7,12 @@ leaves out the model's own parameters and buffers, which stay in memory whether 
 train. The count depends only on shapes and dtypes, so it is the same on every machine.
 `BackwardCounter` counts the backward() calls that reach each optimizer step, so a loop's
 windows can be seen (and an exercise can tell one backward() per micro-batch from one per
-window).
+window). `rounding_error` says how much of a number of each size a floating-point type keeps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -149,3 +151,29 @@ class BackwardCounter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
+
+
+def rounding_error(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Return the worst relative error of storing a number of each size of `values` in `dtype` (notebook 06).
+
+    Between neighbouring numbers of `dtype`, a gap g apart, rounding moves a number v by up to
+    g / 2: a relative error of up to g / (2 |v|). The gap is `eps` times the power of 2 below
+    |v|, and stops shrinking below the smallest normal number (`tiny`), where the subnormal
+    numbers are spaced `eps × tiny` apart. A number closer to 0 than half that spacing becomes
+    0 (an error of 1, all of it); one beyond the largest finite number, inf; 0 itself, 0.
+    Computed in float64 from `torch.finfo`, so it is the same on every machine.
+    """
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"expected values as a tensor, got {type(values).__name__}; "
+                        "try torch.logspace(-10, 2, 601, dtype=torch.float64)")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"expected a floating-point torch.dtype such as torch.float16, got {dtype!r}")
+    info = torch.finfo(dtype)
+    size = values.detach().cpu().double().abs()
+    exponent = torch.floor(torch.log2(size)).clamp(min=math.log2(info.tiny))
+    gap = info.eps * torch.exp2(exponent)
+    error = (gap / (2 * size)).clamp(max=1.0)
+    largest_gap = info.eps * 2.0 ** math.floor(math.log2(info.max))
+    error = torch.where(size < info.eps * info.tiny / 2, 1.0, error)  # rounds to 0
+    error = torch.where(size >= info.max + largest_gap / 2, math.inf, error)  # rounds to inf
+    return torch.where(size == 0, 0.0, error)  # 0 itself is stored exactly
