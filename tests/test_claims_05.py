@@ -149,6 +149,15 @@ def test_parameters_after_three_steps_agree_with_big_batches():
     torch.testing.assert_close(train(lr), train(lr, batches=big_batches, k=1))
 
 
+@pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop])
+def test_any_optimizer_lands_where_it_lands_on_batches_of_32(optimizer_class):
+    """'Nothing here depends on SGD': the optimizer reads .grad, which is the same to rounding."""
+    big_batches = list(zip(X.split(effective_batch), y.split(effective_batch)))
+    accumulated = train(0.01, optimizer_class=optimizer_class)
+    torch.testing.assert_close(accumulated, train(0.01, optimizer_class=optimizer_class, batches=big_batches, k=1))
+    assert largest_difference(accumulated, params(make_model())) > 1e-3  # it trained
+
+
 # 3. Forget the division
 
 

@@ -160,6 +160,24 @@ def loss_after_one_epoch(lr, effective_batch):
         return torch.nn.MSELoss()(model(X), y).item()
 
 
+def test_twice_the_batch_takes_steps_no_longer_so_an_epoch_goes_less_far():
+    X, y = make_data(CONFIG)
+    model = make_model(CONFIG)
+    start = torch.cat([p.detach().flatten() for p in model.parameters()])
+    mean_norms = {}
+    for batch in (16, 32):
+        norms = []
+        for X_batch, y_batch in zip(X.split(batch), y.split(batch)):
+            model.zero_grad()
+            torch.nn.MSELoss()(model(X_batch), y_batch).backward()
+            norms.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())
+        mean_norms[batch] = float(sum(norms) / len(norms))
+    assert 0.9 < mean_norms[32] / mean_norms[16] <= 1.0  # "about as large"
+    moved = {batch: float((torch.cat([p.flatten() for p in one_process(0.1, batch, 1)]) - start).norm())
+             for batch in (16, 32)}
+    assert moved[32] < 0.8 * moved[16]  # "less far"
+
+
 def test_a_larger_batch_needs_a_larger_learning_rate():
     small, large, scaled = (loss_after_one_epoch(0.1, 16), loss_after_one_epoch(0.1, 32),
                             loss_after_one_epoch(0.2, 32))
