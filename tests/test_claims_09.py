@@ -314,3 +314,45 @@ def test_the_notebooks_in_kernel_command_line_prints_what_the_real_command_print
     stored = "".join("".join(o.get("text", "")) for o in cell["outputs"])
     assert stored.endswith("exit status: 3\n")
     assert sorted(stored.splitlines()[:-1]) == sorted((done.stdout + done.stderr).splitlines())
+
+
+def test_the_extension_points_at_line_14_of_trains_cell_the_step():
+    import json
+
+    notebook = json.loads((NOTEBOOKS / "09-debug-a-real-run.ipynb").read_text())
+    cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    train_cell = next("".join(c["source"]) for c in cells if "def train(model, optimizer" in "".join(c["source"]))
+    assert train_cell.splitlines()[14 - 1].strip() == "optimizer.step()"
+    guarded = next(c for c in cells if "train(guarded, optimizer, 1, zero_grad=False)" in "".join(c["source"]))
+    assert "".join("".join(o.get("text", "")) for o in guarded["outputs"]).count("line 14 of train's cell") == 3
+    assert "line 14 of the cell that defines `train`" in markdown(NOTEBOOKS / "09-debug-a-real-run.ipynb")
+
+
+def test_what_a_learner_sees_of_the_broken_run_in_numbers():
+    def traced(zero_grad):
+        model = make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        losses, moves, norms = [], [], []
+        for epoch in range(NUM_EPOCHS):
+            for X, y in minibatches(DATA.X_train, DATA.y_train, 32, seed=epoch):
+                if zero_grad:
+                    optimizer.zero_grad()
+                before = flat(p.detach() for p in model.parameters()).clone()
+                loss = loss_fn(model(X), y)
+                loss.backward()
+                norms.append(flat(p.grad for p in model.parameters()).norm().item())
+                optimizer.step()
+                after = flat(p.detach() for p in model.parameters())
+                losses.append(loss.item())
+                moves.append((after - before).norm().item())
+        return model, losses, moves, norms, before.norm().item(), after.norm().item()
+
+    _, losses, *_ = traced(True)
+    assert statistics.median(losses[-45:]) < losses[0] / 1000  # "falls by three orders of magnitude"
+    model, losses, moves, norms, _, end = traced(False)
+    assert round(norms[9] / norms[0]) == 6  # "by step 10 .grad is six times its first size"
+    assert 18 < moves[9] / moves[0] < 22  # "a step moves the weights twenty times as far"
+    start = flat(p.detach() for p in make_model().parameters()).norm().item()
+    assert round(start) == 8 and end > 15_000  # "from a norm of 8 to over 15,000 in 270 steps"
+    scores = model.eval()(DATA.X_test).detach().abs().max(dim=1).values
+    assert 100 < scores.median().item() < 1000  # "in the hundreds for a typical test digit"
