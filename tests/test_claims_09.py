@@ -356,3 +356,15 @@ def test_what_a_learner_sees_of_the_broken_run_in_numbers():
     assert round(start) == 8 and end > 15_000  # "from a norm of 8 to over 15,000 in 270 steps"
     scores = model.eval()(DATA.X_test).detach().abs().max(dim=1).values
     assert 100 < scores.median().item() < 1000  # "in the hundreds for a typical test digit"
+
+
+def test_batchnorm2d_averages_over_positions_too_and_batchnorm1d_needs_more_than_one_sample():
+    model = make_model().train()
+    one = DATA.X_train[:1]
+    first = model[1](model[0](one))  # the first BatchNorm2d, on a micro-batch of one image
+    assert first.shape[-2:] == (8, 8)  # 64 positions per channel
+    assert first.mean(dim=(0, 2, 3)).abs().max() < 1e-6  # normalized over those positions
+    second_input = model[4](model[3](model[2](first)))
+    assert second_input.shape[-2:] == (4, 4)  # 16 per channel for the second
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        torch.nn.BatchNorm1d(8).train()(torch.randn(1, 8))
