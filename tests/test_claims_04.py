@@ -470,3 +470,94 @@ def test_sgds_momentum_buffer_remembers_the_rows_of_earlier_steps():
         optimizer.step()
     buffer = optimizer.state[embedding.weight]["momentum_buffer"].coalesce()
     assert buffer.indices().flatten().tolist() == [0, 1, 2, 3, 4]  # word 5 never seen, never moved
+
+
+# ---- claims narrowed by review (issue 12's fact-check) ---------------------------------------------------------
+def test_the_computed_gradient_becomes_grad_only_when_nothing_else_holds_it():
+    """"With None, it does not even copy (as long as nothing else holds the gradient it computed)":
+    a hook that keeps the computed gradient makes backward() copy it into .grad instead."""
+    for keep in (False, True):
+        w = torch.randn(256, 256, generator=make_generator(10), requires_grad=True)
+        held, seen = [], []
+
+        def hook(grad, keep=keep):
+            seen.append(grad.data_ptr())
+            if keep:
+                held.append(grad)  # another reference to the computed gradient
+
+        w.register_hook(hook)
+        (w * 2.0).sum().backward()
+        assert (w.grad.data_ptr() == seen[0]) is (not keep)
+
+
+def heads_job(rank, world_size, runs_b_on):
+    """Each process runs head A; head B only on the ranks in `runs_b_on`. Returns head B's .grad."""
+    torch.manual_seed(0)  # the same initial weights on every rank
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+
+        def forward(self, x, run_b):
+            features = torch.tanh(self.trunk(x))
+            return self.a(features) + (self.b(features) if run_b else 0.0)
+
+    model = torch.nn.parallel.DistributedDataParallel(TwoHeads(), find_unused_parameters=True)
+    x = torch.randn(8, 4, generator=make_generator(20 + rank))
+    model(x, run_b=rank in runs_b_on).sum().backward()
+    grad = model.module.b.weight.grad
+    return None if grad is None else grad.clone()
+
+
+def test_under_ddp_a_head_that_ran_in_another_process_gets_a_gradient_not_none():
+    """Section 5's "None means no path from this step's loss", held to several processes: under
+    DistributedDataParallel a head that did not run here gets the other process's gradient."""
+    from utils.launcher import run_job
+
+    only_rank_0 = run_job(heads_job, 2, args=((0,),), timeout=120)
+    assert only_rank_0[1] is not None and torch.count_nonzero(only_rank_0[1]) > 0
+    torch.testing.assert_close(only_rank_0[0], only_rank_0[1])  # averaged: the same on both
+    nowhere = run_job(heads_job, 2, args=((),), timeout=120)
+    assert nowhere == [None, None]
+
+
+def test_the_pile_is_more_than_20_steps_because_the_early_gradients_were_larger():
+    X, y = regression()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    model = model.to(device=device, dtype=torch.float64)
+    optimizer = torch.optim.SGD(model[2].parameters(), lr=0.05)
+    norms = []
+    for _ in range(20):
+        (g,) = torch.autograd.grad(torch.nn.functional.mse_loss(model(X), y), model[0].weight)
+        norms.append(g.norm().item())
+        torch.nn.functional.mse_loss(model(X), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    (now,) = torch.autograd.grad(torch.nn.functional.mse_loss(model(X), y), model[0].weight)
+    assert model[0].weight.grad.norm() / now.norm() > 20
+    assert norms[0] > 1.5 * now.norm().item() and all(b < a for a, b in zip(norms, norms[1:]))
+
+
+def test_five_rounds_each_all_in_one_order_happens_by_chance_about_1_time_in_126():
+    from itertools import combinations
+
+    ranks = range(10)
+    one_order = sum(1 for a in combinations(ranks, 5) if max(a) < min(set(ranks) - set(a))
+                    or min(a) > max(set(ranks) - set(a)))
+    splits = sum(1 for _ in combinations(ranks, 5))
+    assert (one_order, splits) == (2, 252) and splits // one_order == 126
+
+
+def test_the_timing_cells_refill_gives_both_zero_grad_calls_work(big_model):
+    model, X, y, optimizer = big_model
+    kept = [torch.ones_like(p) for p in model.parameters()]
+    for set_to_none in (False, True):
+        for p, grad in zip(model.parameters(), kept):
+            p.grad = grad
+        optimizer.zero_grad(set_to_none=set_to_none)
+        if set_to_none:
+            assert all(p.grad is None for p in model.parameters())  # 6 references dropped
+        else:
+            assert all(torch.count_nonzero(k) == 0 for k in kept)  # 12.6 MB of zeros written

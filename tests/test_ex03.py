@@ -301,3 +301,37 @@ def test_exercise_3_explains_each_wrong_loop(capsys, wrong, hint):
     assert not ex03.check_momentum_by_hand(wrong)
     out = said(capsys)
     assert hint in out and RIGHT not in out and "expected:" not in out
+
+
+# ---- what the task says, enforced ---------------------------------------------------------------------------------
+def train_manually_with_variable(W, b, X, y, lr, num_steps):  # right numbers, but the task says no Variable
+    from torch.autograd import Variable
+
+    X, y = Variable(X), Variable(y)
+    train_manually(W, b, X, y, lr, num_steps)
+
+
+def train_manually_with_the_notebooks_lr(W, b, X, y, lr, num_steps):  # a constant copied from section 1
+    train_manually(W, b, X, y, 0.1, num_steps)
+
+
+def train_with_the_usual_momentum(W, b, X, y, lr, momentum, num_steps):  # 0.9 written in, not the argument
+    train_with_momentum(W, b, X, y, lr, 0.9, num_steps)
+
+
+def test_exercise_1_refuses_variable_and_leaves_it_as_it_was(capsys):
+    from torch.autograd import Variable
+
+    assert not ex03.check_manual_loop(train_manually_with_variable)
+    out = said(capsys)
+    assert "no Variable anywhere" in out and "called Variable 2 time(s)" in out and RIGHT not in out
+    assert "__new__" not in Variable.__dict__  # the spy is gone
+    assert type(Variable(torch.ones(2), requires_grad=True)) is torch.Tensor
+    assert ex03.check_momentum_by_hand(train_with_momentum)  # and a loop without it still passes
+
+
+def test_the_checks_use_their_own_constants_so_a_copied_one_fails(capsys):
+    assert (ex03.LR, ex03.MOMENTUM) != (0.1, 0.9)
+    assert not ex03.check_manual_loop(train_manually_with_the_notebooks_lr)
+    assert not ex03.check_momentum_by_hand(train_with_the_usual_momentum)
+    assert RIGHT not in said(capsys)

@@ -61,8 +61,8 @@ def test_exercise_2_accepts_the_set_in_any_container(capsys):
 @pytest.mark.parametrize(
     "answer, counts",
     [
-        (MOVING | {"Adagrad"}, "1 of your names stay put"),
-        ({"Adamax", "RMSprop momentum=0.9"}, "1 that move are missing"),
+        (MOVING | {"Adagrad"}, "1 of your names stays put"),
+        ({"Adamax", "RMSprop momentum=0.9"}, "1 that moves is missing"),
         (set(ex04.CANDIDATES), "2 of your names stay put"),
         ({"Adagrad", "RMSprop"}, "2 of your names stay put, 3 that move are missing"),
     ],
@@ -182,3 +182,14 @@ def test_exercise_3_model_is_seeded_and_its_parts_are_named():
     a, b = ex04.TwoPartModel(), ex04.TwoPartModel()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert {name.split(".")[0] for name, _ in a.named_parameters()} == {"backbone", "head"}
+
+
+def with_the_notebooks_lr(model, lr):  # 0.05 copied from section 6, not the argument
+    model.backbone.requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=0.05)
+
+
+def test_exercise_3_uses_its_own_learning_rate_so_a_copied_one_fails(capsys):
+    assert ex04.FREEZE_LR != 0.05
+    assert not ex04.check_freeze_backbone(with_the_notebooks_lr)
+    assert "pass lr=lr" in said(capsys)

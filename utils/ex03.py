@@ -2,8 +2,10 @@
 
 Each check works its expected answer out with torch, then prints a verdict (utils.exercises:
 hints first, the answer only after several tries or with `reveal=True`). The two loops "by
-hand" are watched while they run: a step of any `torch.optim` optimizer (a global step hook)
-and any use of `.data` (a spy on the attribute, removed afterwards) get a verdict of their own.
+hand" are watched while they run: a step of any `torch.optim` optimizer (a global step hook),
+any use of `.data` (a spy on the attribute) and any call of `Variable` (a spy on its
+constructor), both removed afterwards, get a verdict of their own. The checks' learning rate,
+step count and momentum differ from the notebook's, so that a constant copied from it fails.
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch.autograd import Variable
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from utils.data import make_regression
 from utils.exercises import Verdict, call_learner_function, check_number, exercise, verdict
 
 NUM_STEPS = 5
-MOMENTUM = 0.9
+LR = 0.05  # not the notebook's 0.1
+MOMENTUM = 0.8  # not the 0.9 used everywhere in notebooks 02-04
 
 # Errors the old loop invites, and what is wrong in each (never the line that mends it).
 _ERRORS = [
@@ -56,14 +60,22 @@ class _DataSpy:
 
 @contextmanager
 def _watch() -> Iterator[dict[str, int]]:
-    """Count `.data` uses and `torch.optim` steps inside the block; leave torch as it was."""
-    counts = {"data": 0, "steps": 0}
+    """Count `.data` uses, `Variable` calls and `torch.optim` steps inside the block; leave
+    torch as it was."""
+    counts = {"data": 0, "steps": 0, "variable": 0}
     had_own = "data" in torch.Tensor.__dict__
     previous = torch.Tensor.__dict__.get("data")
     spy = _DataSpy(torch._C.TensorBase.__dict__["data"])
     handle = register_optimizer_step_pre_hook(
         lambda *_: counts.__setitem__("steps", counts["steps"] + 1))
+    base_new = torch._C._LegacyVariableBase.__new__
+
+    def variable_spy(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["variable"] += 1
+        return base_new(cls, *args, **kwargs)
+
     torch.Tensor.data = spy
+    Variable.__new__ = variable_spy  # type: ignore[method-assign]
     try:
         yield counts
     finally:
@@ -71,13 +83,14 @@ def _watch() -> Iterator[dict[str, int]]:
             torch.Tensor.data = previous
         else:
             del torch.Tensor.data
+        del Variable.__new__
         handle.remove()
         counts["data"] = spy.uses
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor, float]:
     data = make_regression(num_samples=24, num_features=4, seed=103, dtype=torch.float64)
-    return data.X, data.y, 0.1
+    return data.X, data.y, LR
 
 
 def _zeros() -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,6 +136,11 @@ def _run_by_hand(fn: Any, what: str, *extra: Any) -> tuple[Verdict | None, torch
         return verdict(False, what, wanted="no .data anywhere", got="your function read or wrote .data",
                        hint="every line of the old loop that used .data has a modern replacement: "
                        "see the table at the end of section 5"), W, b
+    if counts["variable"]:
+        return verdict(False, what, wanted="no Variable anywhere",
+                       got=f"your function called Variable {counts['variable']} time(s)",
+                       hint="Variable only hands back a plain tensor today (section 4): W and b "
+                       "already track their gradients"), W, b
     if W._version == 0 and torch.count_nonzero(W.detach()):  # changed without a trace: .data by another road
         return verdict(False, what, wanted="W updated in place, under autograd's version counter",
                        got="W changed, but its version counter never moved",
@@ -208,7 +226,7 @@ def check_momentum_by_hand(train_with_momentum: Any) -> Verdict:
          "PyTorch's default adds it whole (dampening=0)"),
         (_reference(clear=False, momentum=MOMENTUM), "the buffer already keeps the history: .grad must hold "
          "this step's gradient only"),
-        (_reference(clear=False), "without clearing, .grad is a running sum: momentum 1, not 0.9. Where "
+        (_reference(clear=False), f"without clearing, .grad is a running sum: momentum 1, not {MOMENTUM}. Where "
          "should the decaying history live?"),
     ]
     hint = next((why for wrong, why in mistakes if torch.allclose(got, wrong)),

@@ -25,6 +25,7 @@ CANDIDATES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "NAdam": partial(torch.optim.NAdam, lr=0.1),
 }
 FREEZE_STEPS = 5
+FREEZE_LR = 0.03  # not the notebook's 0.05, so that a constant copied from it fails
 
 
 def momentum_on_zeros(lr: float = 0.1, momentum: float = 0.9) -> float:
@@ -92,8 +93,10 @@ def check_which_move(answer: Any) -> Verdict:
     if names == truth:
         return verdict(True, f"{what}: {', '.join(sorted(truth))}")
     extra, missing = len(names - truth), len(truth - names)
-    counts = ", ".join(part for part in (f"{extra} of your names stay put" if extra else "",
-                                         f"{missing} that move are missing" if missing else "") if part)
+    counts = ", ".join(part for part in (
+        (f"{extra} of your names stays put" if extra == 1 else f"{extra} of your names stay put") if extra else "",
+        (f"{missing} that moves is missing" if missing == 1 else f"{missing} that move are missing") if missing
+        else "") if part)
     return verdict(False, what, got=f"{len(names)} name(s); {counts}",
                    hint=[f"{counts}. For each one, ask: does its step have a term that is not a multiple of "
                          "this step's gradient?",
@@ -135,7 +138,7 @@ def _flat(module: torch.nn.Module) -> torch.Tensor:
 def check_freeze_backbone(freeze_backbone: Any) -> Verdict:
     """Exercise 3: `freeze_backbone(model, lr)` freezes model.backbone and returns SGD for model.head."""
     what = "freeze_backbone(model, lr) freezes the backbone and returns SGD for the head"
-    lr = 0.05
+    lr = FREEZE_LR
     reference = TwoPartModel()
     reference.backbone.requires_grad_(False)
     _train(reference, torch.optim.SGD(reference.head.parameters(), lr=lr))
