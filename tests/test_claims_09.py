@@ -368,3 +368,33 @@ def test_batchnorm2d_averages_over_positions_too_and_batchnorm1d_needs_more_than
     assert second_input.shape[-2:] == (4, 4)  # 16 per channel for the second
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         torch.nn.BatchNorm1d(8).train()(torch.randn(1, 8))
+
+
+def test_the_leaking_loop_is_neither_stale_nor_discarded_and_the_window_option_sees_it():
+    import warnings
+
+    from utils.guard import DiscardedGradientWarning, StaleGradientWarning, ZeroGradGuard
+
+    def guarded(steps=None, clear_at_epoch_start=False):
+        model = make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with ZeroGradGuard(optimizer, model=model, gradient_accumulation_steps=steps) as guard:
+                for epoch in range(2):
+                    if clear_at_epoch_start:
+                        optimizer.zero_grad()
+                    micro_batches = minibatches(DATA.X_train, DATA.y_train, 16, seed=epoch)
+                    for i, (X, y) in enumerate(micro_batches):
+                        (loss_fn(model(X), y) / 4).backward()
+                        if (i + 1) % 4 == 0:
+                            optimizer.step()
+                            optimizer.zero_grad()
+        return guard.findings
+
+    assert guarded() == []  # "nothing is stale and nothing is discarded"
+    found = guarded(steps=4)
+    assert {f.kind for f in found} == {StaleGradientWarning} and found[0].step == 23
+    assert "6 backward() calls" in found[0].message
+    lost = guarded(clear_at_epoch_start=True)  # "the checker says so"
+    assert {f.kind for f in lost} == {DiscardedGradientWarning}
