@@ -561,3 +561,20 @@ def test_the_timing_cells_refill_gives_both_zero_grad_calls_work(big_model):
             assert all(p.grad is None for p in model.parameters())  # 6 references dropped
         else:
             assert all(torch.count_nonzero(k) == 0 for k in kept)  # 12.6 MB of zeros written
+
+
+def test_with_tied_weights_every_row_gets_a_dense_gradient_and_sparse_adam_refuses_it():
+    """Section 4's "absent rows get zeros" holds for a lookup; a tied output layer reaches every row."""
+    tied = torch.nn.Embedding(6, 2, sparse=True)
+    with torch.no_grad():
+        tied.weight.copy_(torch.randn(6, 2, generator=make_generator(6)))
+    tied = tied.to(device)
+    words = torch.tensor([0, 1, 2], device=device)
+    torch.nn.functional.cross_entropy(tied(words) @ tied.weight.T, (words + 1) % 6).backward()
+    grad = tied.weight.grad
+    assert not grad.is_sparse and bool((grad.norm(dim=1) > 0).all())  # rows 3, 4, 5 too
+    with pytest.raises(RuntimeError, match="SparseAdam does not support dense gradients"):
+        torch.optim.SparseAdam(tied.parameters(), lr=0.1).step()
+    lookup = torch.nn.Embedding(6, 2, sparse=True).to(device)
+    lookup(words).sum().backward()
+    assert lookup.weight.grad.is_sparse  # without the tied output layer: sparse, rows 0-2 only
