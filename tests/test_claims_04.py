@@ -578,3 +578,18 @@ def test_with_tied_weights_every_row_gets_a_dense_gradient_and_sparse_adam_refus
     lookup = torch.nn.Embedding(6, 2, sparse=True).to(device)
     lookup(words).sum().backward()
     assert lookup.weight.grad.is_sparse  # without the tied output layer: sparse, rows 0-2 only
+
+
+def test_in_float16_adam_turns_a_never_seen_row_into_nan_float32_and_bfloat16_leave_it():
+    """Section 4's aside: eps = 1e-8 rounds to 0 in float16, so m = v = 0 gives 0/0."""
+    assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
+    assert torch.tensor(1e-8, dtype=torch.bfloat16).item() > 0.0
+    half, _ = train_embedding(False, partial(torch.optim.Adam, lr=0.1), torch.float16)
+    assert torch.isnan(half.weight[5]).all()
+    for dtype in (torch.float32, torch.bfloat16):
+        embedding, moves = train_embedding(False, partial(torch.optim.Adam, lr=0.1), dtype)
+        assert torch.isfinite(embedding.weight).all() and moves[1][5].item() == 0.0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model = torch.nn.Linear(2, 2)
+        model(torch.ones(1, 2))
+    assert model.weight.dtype == torch.float32  # mixed precision leaves the weights in float32
