@@ -593,3 +593,34 @@ def test_in_float16_adam_turns_a_never_seen_row_into_nan_float32_and_bfloat16_le
         model = torch.nn.Linear(2, 2)
         model(torch.ones(1, 2))
     assert model.weight.dtype == torch.float32  # mixed precision leaves the weights in float32
+
+
+def test_the_rule_holds_for_muon_and_for_sparse_adam_row_by_row():
+    """Muon (2-D parameters only) keeps a momentum buffer and decays the weights: zeros move it.
+    SparseAdam steps only the rows its sparse gradient stores: a stored row of zeros moves (its m
+    remembers), while a zeroed sparse gradient stores no row, and nothing moves."""
+    gen = make_generator(9)
+    used, unused = (torch.randn(3, 3, generator=gen).requires_grad_() for _ in range(2))
+    optimizer = torch.optim.Muon([used, unused], lr=0.1)
+    for step in range(3):
+        optimizer.zero_grad(set_to_none=False)
+        before = unused.detach().clone()
+        ((used**2).sum() + ((unused**2).sum() if step < 2 else 0.0)).backward()
+        optimizer.step()
+    assert not torch.equal(unused.detach(), before)
+
+    def sparse_adam_moves(third_step_weight):
+        embedding, other = torch.nn.Embedding(4, 2, sparse=True), torch.nn.Embedding(4, 2, sparse=True)
+        optimizer = torch.optim.SparseAdam([*embedding.parameters(), *other.parameters()], lr=0.1)
+        for step in range(3):
+            optimizer.zero_grad(set_to_none=False)
+            before = other.weight.detach().clone()
+            loss = embedding(torch.tensor([0])).sum()
+            if step < 2 or third_step_weight is not None:
+                loss = loss + (1.0 if step < 2 else third_step_weight) * other(torch.tensor([1])).sum()
+            loss.backward()
+            optimizer.step()
+        return not torch.equal(other.weight.detach(), before), other.weight.grad._nnz()
+
+    assert sparse_adam_moves(0.0) == (True, 1)  # row 1 stored, all zeros: m moves it
+    assert sparse_adam_moves(None) == (False, 0)  # zeroed in place: no row stored
