@@ -77,28 +77,35 @@ def expected_findings(ops: list[tuple], leftover: bool) -> list[tuple[int, type]
     uses but whose clearing loses nothing. The guard looks at `.grad` only at backward(),
     zero_grad() and step(): zeroed in place by hand, then set to None by hand with none of
     those between, a gradient counts as cleared from what the guard saw last (`unseen`).
+    `p.grad = None` by hand for a parameter that is still None at the next step, while that
+    step uses new contributions to other parameters, freezes it for the step (DINO's
+    cancel_gradients_last_layer): that clear loses nothing.
     """
     grads: list[set | None] = [None] * 6
     if leftover:
         grads = [{(-1, True)}] * 6
     unseen = [False] * 6  # zeroed in place by hand since the guard last looked, with new contributions
-    window, lost, findings = 0, False, []
+    fresh = [False] * 6  # backward() added to it since the last step or a clear the guard saw
+    window, lost, by_hand, findings = 0, False, set(), []
     for op in ops:
         if op[0] == "backward":
             for i in range(6):
                 if PARAM_HEAD[i] is None or PARAM_HEAD[i] in op[1]:
                     grads[i] = (grads[i] or set()) | {(window, True)}
-                    unseen[i] = False
+                    unseen[i], fresh[i] = False, True
         elif op[0] == "zero":
             members, to_none = zeroed_params(op)
             for i in members:
                 new = grads[i] is not None and (window, True) in grads[i]
                 if op[1] == "in place":  # by hand: looks like masking
                     unseen[i] = unseen[i] or new
-                elif new or (op[1] == "none" and unseen[i]):
+                elif op[1] == "none" and (new or unseen[i]):
+                    by_hand.add(i)  # lost, unless it stays None until a step that uses other gradients
+                elif new:
                     lost = True  # contributions since the last step, thrown away by a clear
                 if op[1] != "in place":
                     unseen[i] = False
+                    fresh[i] = False  # a clear the guard sees
                 grads[i] = None if to_none or grads[i] is None else set()
         elif op[0] == "clip":
             for i in range(6):
@@ -106,12 +113,13 @@ def expected_findings(ops: list[tuple], leftover: bool) -> list[tuple[int, type]
                     grads[i] = {(window, False)}  # changed with no backward() since the step: set by hand
         elif op[0] == "step":
             unseen = [False] * 6
-            if lost:
+            frozen = any(fresh) and all(grads[i] is None for i in by_hand)
+            if lost or (by_hand and not frozen):
                 findings.append((window + 1, DISCARDED))
             if any(g is not None and any(w < window for w, _ in g) for g in grads):
                 findings.append((window + 1, STALE))
-            window, lost = window + 1, False
-    if lost:
+            window, lost, by_hand, fresh = window + 1, False, set(), [False] * 6
+    if lost or by_hand:
         findings.append((window, DISCARDED))
     return findings
 
@@ -208,3 +216,9 @@ def test_the_interpreter_itself_on_hand_worked_examples():
     clear_head1 = ("zero", "none", (4, 5))
     assert expected_findings([b, s, ("zero", "model", 0, True), clear_head1, ("backward", (0,)), s],
                              False) == [(2, STALE)]
+    body_none = ("zero", "none", (0, 1))  # frozen for this step by hand (DINO), or lost:
+    assert expected_findings([b, body_none, s], False) == []  # the heads' new gradients are used
+    assert expected_findings([b, body_none, b, s], False) == [(1, DISCARDED)]  # refilled: lost
+    assert expected_findings([b, ("zero", "none", tuple(range(6))), s], False) == [(1, DISCARDED)]
+    assert expected_findings([z, b, s, body_none], False) == []  # after the step: nothing new lost
+    assert expected_findings([b, s, b, body_none], False) == [(1, DISCARDED)]  # at the end: no step

@@ -38,8 +38,15 @@ What it does not see (by design or by necessity), with the way out:
   `gradient_accumulation_steps=` given;
 - two optimizers that step at different rates on one shared backward() on purpose look
   like a GAN's leaked gradient (stale): end the slower one's `step()` line with the comment;
-- a two-step method that moves the weights through `.data` (`p.data.add_(e)`) is not seen
-  moving them: end its first step's line with the comment;
+- a two-step method that moves the weights through `.data` (`p.data.add_(e)`), or moves
+  only some of them, is not seen as one (a module that changes its own weight in its
+  forward, `Embedding(max_norm=...)`, must not look like one): end its first step's line
+  with the comment;
+- `p.grad = None` by hand for some parameters, still None at the next step while that step
+  uses the others' new gradients, is taken as freezing them for the step (DINO's
+  `cancel_gradients_last_layer`), so it is not reported; for all of them, or refilled, it is;
+- gradients cleared and then replaced by a tensor you assign (`p.grad = g`, not a view)
+  count as read to make it (PCGrad's per-task gradients), so that clear is not reported;
 - optimizers created before `%load_ext utils.guard` (or before the command line's script
   ran) are not guarded.
 

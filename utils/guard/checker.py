@@ -78,7 +78,8 @@ class ZeroGradGuard:
         self._foreign_steps = 0  # steps of other optimizers: they use gradients too (a GAN)
         self._groups_seen = 0
         self._waiting: set[int] = set()  # lazy parameters not materialised yet
-        self._frozen: list[torch.Tensor] = []  # the optimizer's parameters that do not require grad
+        self._frozen: dict[int, tuple] = {}  # id -> (parameter that does not require grad, its .grad then)
+        self._moved: tuple[int, bool] = (0, False)  # (clear, did it follow a move of every weight by hand?)
         self._in_closure = False
         self._removed = False
         self._broken = False  # an error inside the guard: it stops checking, never the loop
@@ -158,7 +159,7 @@ class ZeroGradGuard:
         """Cheap: hook parameters added (add_param_group), unfrozen or materialised since the last look."""
         optimizer = self._optimizer()
         if optimizer is not None and (self._waiting or len(optimizer.param_groups) != self._groups_seen
-                                      or any(p.requires_grad for p in self._frozen)):
+                                      or any(p.requires_grad for p, _, _ in self._frozen.values())):
             self._attach_new_params()
 
     def _attach_new_params(self, at_start: bool = False) -> None:
@@ -166,13 +167,15 @@ class ZeroGradGuard:
         optimizer = self._optimizer()
         if optimizer is None:
             return
-        self._groups_seen, self._frozen = len(optimizer.param_groups), []
+        self._groups_seen, frozen, self._frozen = len(optimizer.param_groups), self._frozen, {}
         for i, group in enumerate(optimizer.param_groups):
             for j, p in enumerate(group["params"]):
                 if id(p) in self._records:
                     continue
-                if not p.requires_grad:
-                    self._frozen.append(p)
+                if not p.requires_grad:  # .grad as it is now: a frozen parameter's gradient cannot grow
+                    grad = p.grad
+                    self._frozen[id(p)] = frozen.get(id(p)) or (
+                        p, None if grad is None else weakref.ref(grad), None if grad is None else grad._version)
                     continue
                 if torch.nn.parameter.is_lazy(p):  # a lazy module's: hooked after its first forward
                     self._waiting.add(id(p))
@@ -180,7 +183,13 @@ class ZeroGradGuard:
                 record = Record(p, self._names.get(id(p)) or f"param_groups[{i}]['params'][{j}]", len(self._records))
                 if p.grad is not None:
                     record.see(p.grad)
-                    if id(p) in self._waiting:  # materialised in this window: its first contribution
+                    if id(p) in frozen:  # unfrozen: whatever changed since it was frozen is new
+                        _, ref, version = frozen[id(p)]
+                        if ref is not None and ref() is p.grad and p.grad._version == version:
+                            record.old, record.origin = UNCONFIRMED, "step" if self.steps else "start"
+                        else:  # added by a backward() before its hooks were in place
+                            record.accs, record.since = 1, self._foreign_steps
+                    elif id(p) in self._waiting:  # materialised in this window: its first contribution
                         record.accs, record.since = 1, self._foreign_steps
                     else:  # there before the guard, or piled up outside the optimizer
                         record.old, record.origin = UNCONFIRMED, "start" if at_start else "joined"
@@ -342,7 +351,8 @@ class ZeroGradGuard:
         if grad is None:
             if record.ref is not None:  # set to None by hand (zero_grad() calls are seen as they happen)
                 record.ref = None
-                self._cleared(record, record.content, stack() if record.unconsumed else (), next(clears.clear_ids))
+                self._cleared(record, record.content, stack() if record.unconsumed else (), next(clears.clear_ids),
+                              by_hand=True)
             return
         if record.ref is not None and record.ref() is grad:
             if grad._version == record.version:
@@ -358,24 +368,41 @@ class ZeroGradGuard:
         record.see(grad)  # another tensor, assigned by hand: p.grad = g
         if not record.unconsumed:
             record.since = self._foreign_steps
+        if grad._base is None:  # new content written after a clear: made from the gradients cleared
+            # (PCGrad reads each task's gradient, clears, and writes their blend); a view of a bigger
+            # buffer is plumbing (DDP's gradient_as_bucket_view), not new content
+            self._lost = [entry for entry in self._lost if entry.record is not record]
+            record.refill = None
         record.reset()
         record.hand, record.content = True, summary(grad)
         record.pversion = record.param._version
 
-    def _cleared(self, record: Record, size: Summary | None, frames: Stack, clear: int) -> None:
+    def _cleared(self, record: Record, size: Summary | None, frames: Stack, clear: int,
+                 by_hand: bool = False) -> None:
         """`.grad` was cleared: were there contributions no step used?"""
         if not record.unconsumed:
             if record.old is not False:
                 record.reset()
             return
-        moved = record.param._version != record.pversion  # a hand-made update (SAM's first step) used them
+        moved = record.param._version != record.pversion and self._all_moved(clear)
         if record.unconsumed and not self._in_closure and not moved:
-            lost = Lost(record, clear, size, frames, foreign=self._foreign_steps != record.since)
+            lost = Lost(record, clear, size, frames, foreign=self._foreign_steps != record.since, by_hand=by_hand)
             if lost.foreign:  # made before another optimizer's step: that step's by-products?
                 record.refill = lost  # judged at this optimizer's step: fine if new ones came since
             else:
                 self._lost.append(lost)
         record.reset()
+
+    def _all_moved(self, clear: int) -> bool:
+        """Were all the weights with unused gradients moved by hand (SAM's first step used them)?
+
+        Judged once per clear, before it resets any record: a module that changes only its own
+        weight in its forward (`Embedding(max_norm=...)`) is no such update.
+        """
+        if self._moved[0] != clear:
+            self._moved = (clear, all(r.param._version != r.pversion for r in self._records.values()
+                                      if r.unconsumed))
+        return self._moved[1]
 
     # -- verdicts (utils/guard/verdicts.py) -------------------------------------------------
     def _report(self, *, step: int, after_last: bool, candidates: list[Record]) -> None:

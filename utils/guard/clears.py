@@ -1,7 +1,8 @@
 """Clears seen as they happen (notebook 08): `zero_grad()` of optimizers and modules, wrapped.
 
 While a guard is active, `torch.optim.Optimizer.zero_grad` and `torch.nn.Module.zero_grad`
-are wrapped: before the real call, each watched parameter's guard looks at `.grad` (and
+are wrapped (and `Optimizer.add_param_group`, so that parameters joining an optimizer are
+watched from that moment, with the gradients they bring): before the real call, each watched parameter's guard looks at `.grad` (and
 starts, on the device, a summary of contributions no step used yet); after it, the guard
 records the clear with the line that called it. So a clear in place is known as a clear
 without reading a value, and the warning can name the `zero_grad()` line. When the last
@@ -66,7 +67,8 @@ def _clear(params: Iterable[torch.Tensor], original: Any, owner: Any, args: tupl
 
 def _install() -> None:
     optimizer_zero_grad, module_zero_grad = torch.optim.Optimizer.zero_grad, torch.nn.Module.zero_grad
-    _originals.update(optimizer=optimizer_zero_grad, module=module_zero_grad)
+    add_param_group = torch.optim.Optimizer.add_param_group
+    _originals.update(optimizer=optimizer_zero_grad, module=module_zero_grad, add_param_group=add_param_group)
 
     @functools.wraps(optimizer_zero_grad)
     def zero_grad_of_optimizer(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
@@ -77,14 +79,27 @@ def _install() -> None:
     def zero_grad_of_module(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         return _clear(list(self.parameters()), module_zero_grad, self, args, kwargs)
 
+    @functools.wraps(add_param_group)
+    def add_param_group_and_watch(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        result = add_param_group(self, *args, **kwargs)
+        for guard in list(_guards):  # the new parameters' gradients, as they are when they join
+            if guard.optimizer is self and not guard._broken:
+                try:
+                    guard._attach_if_changed()
+                except Exception as error:  # a bug of the guard's own: it stops, never the program
+                    guard._failed(error)
+        return result
+
     torch.optim.Optimizer.zero_grad = zero_grad_of_optimizer
     torch.nn.Module.zero_grad = zero_grad_of_module
+    torch.optim.Optimizer.add_param_group = add_param_group_and_watch
 
 
 def _uninstall() -> None:
     if _originals:
         torch.optim.Optimizer.zero_grad = _originals.pop("optimizer")
         torch.nn.Module.zero_grad = _originals.pop("module")
+        torch.optim.Optimizer.add_param_group = _originals.pop("add_param_group")
 
 
 def installed() -> bool:

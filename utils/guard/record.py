@@ -60,3 +60,4 @@ class Lost:
     size: Summary | None  # what was cleared (None: unknown, taken as finite and not all zeros)
     frames: Stack  # where the clear was called, or where the guard noticed it
     foreign: bool = False  # cleared after another optimizer's step, and not refilled before this one's
+    by_hand: bool = False  # `p.grad = None` by hand, noticed afterwards (not a zero_grad() call)

@@ -33,6 +33,9 @@ def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record]) 
             checked = [next(values) for _ in r.checks]
             r.old, r.checks = all(nonzero(v) for v in checked), []
     sizes = {id(entry): next(values) for entry in lost if entry.size is not None}
+    if not after_last:  # `p.grad = None` by hand for some parameters only, kept None: frozen for this step
+        fresh = any(r.unconsumed for r in records)
+        lost = [e for e in lost if not (e.by_hand and fresh and e.record.param.grad is None)]
     _judge_lost(guard, lost, sizes, len(records), step, after_last)
     if after_last:
         return
@@ -42,6 +45,8 @@ def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record]) 
             groups.setdefault("old", []).append(r)
         if r.mixed is not None:
             groups.setdefault(r.mixed, []).append(r)
+    if "moved" in groups and len(groups["moved"]) < sum(r.unconsumed for r in records):
+        del groups["moved"]  # only some weights changed in place (Embedding(max_norm=...)): not a two-step method
     k = guard.gradient_accumulation_steps
     if k is not None and any(r.accs > k for r in records):
         groups["overfull"] = [r for r in records if r.accs > k]
