@@ -76,10 +76,22 @@ def functional_gradient_restoring_grad(w, X, y):  # backward(), then .grad put b
     return result
 
 
+def functional_gradient_on_a_copy(w, X, y):  # backward() on a copy: w.grad untouched, not the task
+    v = w.detach().clone().requires_grad_()
+    ((X @ v - y) ** 2).mean().backward()
+    return v.grad
+
+
+def functional_gradient_backward_with_inputs(w, X, y):
+    v = w.detach().clone().requires_grad_()
+    torch.autograd.backward(((X @ v - y) ** 2).mean(), inputs=[v])
+    return v.grad
+
+
 def test_exercise_1(capsys):
     assert ex01.check_grad_after_three_calls(36)
     capsys.readouterr()
-    for wrong, words in [(12.0, "12 is one call's gradient"), (8, "the loss w³ itself"),
+    for wrong, words in [(12.0, "12 is one call's gradient"), (24, "what two calls leave"), (8, "the loss w³ itself"),
                          (1728, "add, they do not multiply"), (30, "too close to 0")]:
         reset_tries()
         assert not ex01.check_grad_after_three_calls(wrong)
@@ -159,7 +171,23 @@ def test_exercise_3_right_answers(fn):
     (functional_gradient_restoring_grad, "backward() called"),
     (lambda w, X, y: 1 / 0, "it raised ZeroDivisionError"),
     (lambda w, X, y: torch.zeros(3, 1), "the loss is ((X @ w - y) ** 2).mean()"),
+    (functional_gradient_on_a_copy, "backward() on another tensor"),
+    (functional_gradient_backward_with_inputs, "backward() on another tensor"),
 ])
 def test_exercise_3_enforces_the_task(fn, words, capsys):
     assert not ex01.check_functional_gradient(fn)
     assert words in capsys.readouterr().out
+
+
+def test_exercise_3_leaves_torch_as_it_was():
+    original = torch.autograd.backward
+    ex01.check_functional_gradient(functional_gradient_on_a_copy)
+    ex01.check_functional_gradient(lambda w, X, y: 1 / 0)
+    assert torch.autograd.backward is original
+
+
+def test_a_wrong_shape_is_revealed_like_a_wrong_value(capsys):
+    for _ in range(3):
+        assert not ex01.check_functional_gradient(lambda w, X, y: torch.zeros(3))
+    out = capsys.readouterr().out.split("✘")
+    assert "expected:" not in out[1] + out[2] and "expected: tensor([" in out[3], out

@@ -96,7 +96,8 @@ def test_exercise_1(capsys):
     assert ex02.check_grad_at_step_three(torch.tensor(-13.44))
     for wrong, words in [(-2.64, "third step's own gradient"), (-3.84, "*with* zero_grad holds"),
                          (-14.64, "adds the gradients of the loop *with*"), (-18, "assumes w never moved"),
-                         (13.44, "wrong sign"), (-1.0, "Which w does each")]:
+                         (13.44, "wrong sign"), (-1.0, "Which w does each"), (-6, "the first gradient only"),
+                         (-10.8, "after the second backward()")]:
         capsys.readouterr()
         reset_tries()
         assert not ex02.check_grad_at_step_three(wrong)
@@ -134,6 +135,8 @@ def test_exercise_2_right_answers():
         (lambda model, optimizer, X, y, num_steps: "done", "append loss.item()"),
         (lambda model, optimizer, X, y, num_steps: 1 / 0, "it raised ZeroDivisionError"),
         (lambda model, optimizer, X, y, num_steps: [0.0] * num_steps, "0 backward() and 0 step() call(s)"),
+        (lambda model, optimizer, X, y, num_steps: train_loop(model, optimizer, X, y, 20),
+         "use the argument num_steps"),
         (lambda model: [], "it raised TypeError"),
         (..., "replace the ..."),
         ([1.0, 2.0], "pass its name"),
@@ -150,7 +153,8 @@ def test_exercise_3(capsys):
     assert ex02.check_momentum_settings([1, 0])
     assert ex02.check_momentum_settings((torch.tensor(1.0), 0))
     for wrong, words in [((0.9, 0.0), "friction"), ((0.0, 0.0), "plain SGD"), ((1.0, 0.5), "(1 - dampening) = 0.5"),
-                         ((-1.0, 0.0), "SGD said: Invalid momentum value")]:
+                         ((-1.0, 0.0), "SGD said: Invalid momentum value"), ((2.0, 0.0), "the history grows"),
+                         ((float("nan"), 0.0), "not a number")]:
         capsys.readouterr()
         reset_tries()
         assert not ex02.check_momentum_settings(wrong)

@@ -1,6 +1,7 @@
 """utils.exercises: every answer gets a printed verdict, the answer only once earned or asked for."""
 
 import signal
+import sys
 import time
 
 import numpy as np
@@ -301,3 +302,37 @@ def test_the_time_limit_never_interrupts_an_import(monkeypatch, tmp_path, capsys
     import slow_module_for_the_limit
 
     assert slow_module_for_the_limit.DONE
+
+
+def test_a_learner_function_that_exits_gets_a_verdict(capsys):
+    @exercise
+    def check_fn(fn):
+        ok, result = call_learner_function(fn, what="fn()")
+        return result if not ok else verdict(True, "fn()")
+
+    def calls_exit():
+        sys.exit(3)
+
+    @exercise
+    def check_direct(fn):  # a check that calls the learner's function itself
+        fn()
+        return verdict(True, "fn()")
+
+    assert not check_fn(calls_exit) and "it called exit()" in capsys.readouterr().out
+    assert not check_direct(calls_exit) and "SystemExit" in capsys.readouterr().out
+
+
+def test_a_function_out_of_time_is_named_in_the_verdict(monkeypatch, capsys):
+    monkeypatch.setattr(exercises, "TIME_LIMIT_S", 0.2)
+
+    @exercise
+    def check_loop(fn):
+        fn()
+        return verdict(True, "loop")
+
+    def batch_gradient():
+        while True:
+            pass
+
+    assert not check_loop(batch_gradient)
+    assert "Not yet: batch_gradient(...)" in capsys.readouterr().out

@@ -6,6 +6,8 @@ hints first, the answer only after several tries or with `reveal=True`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -39,6 +41,7 @@ def check_grad_after_three_calls(answer: Any) -> Verdict:
               "one backward() gives dL/dw = 3·w²; each further call adds to what .grad holds"],
         mistakes=[
             (once, f"{once:g} is one call's gradient: what happens to it on the second call?"),
+            (2 * once, f"{2 * once:g} is what two calls leave: count the backward() calls again"),
             (8.0, "8 is the loss w³ itself; .grad holds its derivative"),
             (once**3, "the calls add, they do not multiply"),
         ],
@@ -60,6 +63,23 @@ def _count_backward(w: torch.Tensor) -> list[int]:
     calls: list[int] = []
     w.register_post_accumulate_grad_hook(lambda _: calls.append(1))
     return calls
+
+
+@contextmanager
+def _any_backward() -> Iterator[list[int]]:
+    """Count every backward() in the block, on any tensor (a copy of w included); leave torch as it was."""
+    calls: list[int] = []
+    original = torch.autograd.backward
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    torch.autograd.backward = counted  # Tensor.backward() calls it too
+    try:
+        yield calls
+    finally:
+        torch.autograd.backward = original
 
 
 @exercise
@@ -114,9 +134,15 @@ def check_functional_gradient(functional_gradient: Any) -> Verdict:
     calls = _count_backward(w)
     w.grad = torch.full_like(w, 10.0)
     before = w.grad.clone()
-    ok, result = call_learner_function(functional_gradient, w, X, y, what=what)
+    with _any_backward() as anywhere:
+        ok, result = call_learner_function(functional_gradient, w, X, y, what=what)
     if not ok:
         return result
+    if anywhere and not calls and w.grad is not None and torch.equal(w.grad, before):
+        return verdict(False, what, wanted="no backward() at all", got="backward() on another tensor "
+                       "(a copy of w?)", hint=["it leaves w.grad alone, but the exercise asks for a gradient "
+                                               "returned, not stored: which functions return one?",
+                                               "section 5, 'Gradients as return values', shows two"])
     if isinstance(result, (tuple, list)) and len(result) == 1:
         result = result[0]  # torch.autograd.grad returns a tuple; accept it unpacked or not
     if calls or w.grad is None or not torch.equal(w.grad, before):

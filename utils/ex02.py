@@ -48,6 +48,9 @@ def check_grad_at_step_three(answer: Any) -> Verdict:
               "started from; step() moves w by lr times what .grad holds"],
         mistakes=[
             (own[2], f"{own[2]:g} is the third step's own gradient; .grad still holds the first two as well"),
+            (own[0], f"{own[0]:g} is the first gradient only; .grad adds one more at every backward()"),
+            (own[0] + own[1], f"{own[0] + own[1]:g} is what .grad holds after the second backward(); "
+             "one more to go"),
             (with_zero_grad, f"{with_zero_grad:g} is what a loop *with* zero_grad holds: one gradient only"),
             (sum(own_with), f"{sum(own_with):g} adds the gradients of the loop *with* zero_grad; without it, "
              "each step is longer (lr times the sum), so w moves further"),
@@ -153,6 +156,25 @@ def check_train_loop(train_loop: Any) -> Verdict:
                                  "squared error of model(X) and y, and is it recorded before or after its step?",
                                  f"with {name}: zero_grad(), loss = mse_loss(model(X), y), backward(), step(); "
                                  "one step per iteration, the loss appended before the next one"])
+    return _check_other_num_steps(train_loop, what)
+
+
+def _check_other_num_steps(train_loop: Any, what: str, num_steps: int = 3) -> Verdict:
+    """Once right for NUM_STEPS: does the loop take the num_steps it is given?"""
+    right, _ = _reference(torch.optim.SGD, zero_grad=True, lr=0.05)
+    X, y = _problem()
+    model, optimizer = _fresh(torch.optim.SGD, lr=0.05)
+    steps, backwards = _counters(model, optimizer)
+    ok, result = call_learner_function(train_loop, model, optimizer, X, y, num_steps, what=what)
+    if not ok:
+        return result
+    losses = _as_losses(result)
+    if len(steps) != num_steps or losses is None or not _close(losses, right[:num_steps]):
+        return verdict(False, what + f", with num_steps={num_steps}",
+                       got=f"{len(steps)} step() call(s) and " + (f"{len(losses)} losses" if losses is not None
+                                                                  else describe(result)),
+                       hint=f"right for num_steps={NUM_STEPS}, not for {num_steps}: use the argument "
+                       "num_steps, not a number")
     return verdict(True, what + ", with SGD and with Adam")
 
 
@@ -182,6 +204,11 @@ def check_momentum_settings(answer: Any) -> Verdict:
         return verdict(True, what + f": momentum={momentum:g}, dampening={dampening:g}")
     if momentum == 0:
         hint = "momentum=0 is plain SGD: it keeps no history, while .grad keeps all of it"
+    elif momentum != momentum:  # NaN
+        hint = "momentum=nan is not a number: pass two numbers, (momentum, dampening)"
+    elif momentum > 1:
+        hint = (f"momentum={momentum:g} multiplies the old sum by {momentum:g} every step, so the history "
+                "grows. How much of the old sum does .grad keep?")
     elif momentum != 1:
         hint = (f"momentum={momentum:g} scales the old sum by {momentum:g} every step: friction. "
                 "How much of the old sum does .grad keep?")

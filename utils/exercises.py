@@ -151,7 +151,8 @@ def verdict(
         if attempt:
             lines.append(" " * 13 + attempt.call)
     elif expected is None and attempt is not None and attempt.reveal:
-        lines.append(_line("answer:", "no single value to show here: compare with the worked solution"))
+        lines.append(_line("answer:", "no single value to show here: the lines above say what to "
+                           "change"))
     message = "\n".join(lines)
     print(message)
     if attempt is None and counts:
@@ -198,6 +199,12 @@ def _time_limit(seconds: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
 
 
+def _title(check: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """What a verdict is about when the check itself could not say: the learner's function."""
+    name = getattr(args[0], "__name__", None) if args and callable(args[0]) else None
+    return f"{name}(...)" if isinstance(name, str) and name.isidentifier() else check.__name__
+
+
 def exercise(check: Callable[..., Verdict] | None = None, *, time_limit_s: float | None = None) -> Any:
     """Decorate a check: `reveal=`, a try counter, a time limit and a verdict whatever happens."""
     if check is None:
@@ -218,10 +225,11 @@ def exercise(check: Callable[..., Verdict] | None = None, *, time_limit_s: float
             if not isinstance(result, Verdict):
                 result = verdict(False, check.__name__, got=f"the check returned {describe(result)}")
         except OutOfTime:
-            result = verdict(False, check.__name__, got=f"your function was still running after {limit:g} s",
-                             hint="does a loop never end? Is something much larger than the exercise's data?")
-        except Exception as error:  # a learner's object that breaks even the checking
-            result = verdict(False, check.__name__, got=f"checking it raised {type(error).__name__}: "
+            result = verdict(False, _title(check, args), got=f"your function was still running after "
+                             f"{limit:g} s", hint="does a loop never end? Is something much larger than "
+                             "the exercise's data?")
+        except (Exception, SystemExit) as error:  # a learner's object that breaks even the checking
+            result = verdict(False, _title(check, args), got=f"checking it raised {type(error).__name__}: "
                              f"{_short(error)}", hint="pass the kind of answer the cell asks for")
         finally:
             _attempt.reset(token)
@@ -278,7 +286,8 @@ def check_tensor(
         return early
     shape = tuple(expected.shape)
     if not isinstance(answer, torch.Tensor) or tuple(answer.shape) != shape or answer.is_complex():
-        return verdict(False, what, wanted=f"a tensor of shape {shape}", got=describe(answer), hint=hint)
+        return verdict(False, what, wanted=f"a tensor of shape {shape}", got=describe(answer), hint=hint,
+                       expected=expected)
     got = answer.detach().cpu().double()
     if torch.allclose(got, expected.detach().cpu().double(), rtol=rtol, atol=atol):
         return verdict(True, what)
@@ -302,6 +311,10 @@ def call_learner_function(
                               got=describe(fn))
     try:
         return True, fn(*args)
+    except SystemExit as error:  # exit() or sys.exit() in a notebook cell's function
+        return False, verdict(False, what, wanted="your function to return a value",
+                              got=f"it called exit() (SystemExit: {_short(error.code)})",
+                              hint="return the result instead of exiting")
     except Exception as error:  # the learner's code: report, never a traceback
         text = _short(error)
         hint = next((why for piece, why in errors if piece in text), "read the error, mend, run again")
