@@ -23,6 +23,9 @@ NB ?= $(sort $(wildcard notebooks/*.ipynb notebooks/solutions/*.ipynb))
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 # Copies and the hand-out need only the standard library: the venv's Python if there is one.
 WB_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+# matplotlib 3.11 and scikit-learn 1.9, pinned in requirements.txt, need Python 3.11.
+NEEDS = The course needs Python 3.11 or newer, and $(PYTHON) is $$($(PYTHON) --version 2>&1): \
+        name another, e.g. make lab PYTHON=python3.12
 
 .PHONY: setup lab workbooks workbook handout test test-unit test-notebooks test-threads test-launch test-gpu \
         execute bench bench-guard clean
@@ -30,6 +33,7 @@ WB_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "$(NEEDS)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

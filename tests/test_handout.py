@@ -76,8 +76,31 @@ def test_the_solutions_sentence_is_rewritten_not_left_dangling(built):
         original = json.loads(lesson.read_text(encoding="utf-8"))
         if not any("solutions/" in "".join(c["source"]) for c in original["cells"]):
             continue
-        text = (top / "notebooks" / lesson.name).read_text(encoding="utf-8")
-        assert "Your teacher has the worked solutions." in text, lesson.name
+        nb = json.loads((top / "notebooks" / lesson.name).read_text(encoding="utf-8"))
+        cell = next("".join(c["source"]) for c in nb["cells"] if "Your teacher has the worked solutions" in
+                    "".join(c["source"]))
+        assert cell.count("reveal=True") == 1, f"{lesson.name} says how to reveal twice: {cell}"
+
+
+def test_files_the_handout_leaves_out_are_named_as_the_repositorys(built):
+    top, _ = built
+    for path in (top / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] == "markdown":
+                for m in handout.NOT_SHIPPED.finditer(text):
+                    assert text[m.end():].startswith(handout.ELSEWHERE), f"{path.name}: {m.group(0)}"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("the tests in `tests/test_a.py` run 17 loops", "the tests in `tests/test_a.py` in the course's repository run"),
+    ("The claim tests (`tests/test_c.py`) train", "(`tests/test_c.py` in the course's repository) train"),
+    ("`python tests/bench.py` times a step", "`python tests/bench.py` in the course's repository times"),
+    ("see `utils/guard/` and `notebooks/x.py`", "see `utils/guard/` and `notebooks/x.py`"),
+])
+def test_the_rewrite_names_where_a_left_out_file_is(text, expected):
+    assert expected in handout.rewrite(text)
+    assert handout.rewrite(handout.rewrite(text)) == handout.rewrite(text)
 
 
 @pytest.mark.parametrize("sentence", [
@@ -95,6 +118,7 @@ def test_the_readme_says_how_to_start_and_lists_every_lesson(built):
     top, _ = built
     readme = (top / "README.md").read_text(encoding="utf-8")
     assert "make lab" in readme and "workbooks/" in readme and "reveal=True" in readme
+    assert "Python 3.11 or newer" in readme  # matplotlib and scikit-learn's pins need it
     assert "python -m utils.workbooks lab" in readme.replace(".venv/bin/python", "python")
     for lesson in LESSONS:
         assert handout.title(lesson) in readme and f"workbooks/{lesson.name}" in readme
@@ -148,3 +172,14 @@ def test_a_lesson_runs_headless_in_the_learners_copy(learner_env, tmp_path):
     for cell in code:
         if any(o["output_type"] == "error" for o in cell["outputs"]):
             assert "raises-exception" in cell["metadata"].get("tags", []), "".join(cell["source"])[:80]
+
+
+def test_the_handout_makefile_refuses_a_python_too_old_for_the_pins(built, tmp_path):
+    top, _ = built
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo Python 3.10.12; exit 0; fi\nexit 1\n')
+    fake.chmod(0o755)
+    result = subprocess.run(["make", "-C", str(top), "-W", "requirements.txt", "setup", f"PYTHON={fake}",
+                             "VENV=never-made"], capture_output=True, text=True, env=dict(os.environ, MAKEFLAGS=""))
+    assert result.returncode != 0 and "needs Python 3.11 or newer" in result.stderr, result.stderr
+    assert "Python 3.10.12" in result.stderr and not (top / "never-made").exists()

@@ -53,3 +53,20 @@ def test_requirements_are_exact_pins_with_a_reason_each():
     for i, line in pins:
         assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][0-9A-Za-z.+]*", line.strip()), line
         assert lines[i - 1].startswith("#"), f"{line} needs a comment above it saying why it is there"
+
+
+def test_make_refuses_a_python_too_old_for_the_pins(tmp_path):
+    """matplotlib 3.11 and scikit-learn 1.9 need Python 3.11: say so, instead of pip's 'no matching
+    distribution'."""
+    fake = tmp_path / "python3.10"
+    fake.write_text('#!/bin/sh\nif [ "$1" = --version ]; then echo Python 3.10.12; exit 0; fi\nexit 1\n')
+    fake.chmod(0o755)
+    env = dict(__import__("os").environ, MAKEFLAGS="")
+    result = subprocess.run(["make", "-C", str(ROOT), "setup", f"PYTHON={fake}", f"VENV={tmp_path / 'venv'}"],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "needs Python 3.11 or newer" in result.stderr, result.stderr
+    assert not (tmp_path / "venv").exists()
+    from importlib.metadata import metadata
+
+    needs = {name: metadata(name)["Requires-Python"] for name in ("matplotlib", "scikit-learn")}
+    assert ">=3.11" in needs.values(), f"the pins no longer need 3.11 ({needs}): lower the Makefile's check"

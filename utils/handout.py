@@ -30,6 +30,20 @@ OUTPUT = ROOT / "build" / f"{NAME}-handout.zip"
 SOLUTIONS_SENTENCE = re.compile(r"[^.!?\n]*(?:\n[^.!?\n]*)*?`?\[?solutions/[^\s`)\]]*[^.!?]*[.!?]")
 INSTEAD = ("Your teacher has the worked solutions. After three tries a check shows its answer; "
            "to see it sooner, add `reveal=True` to the check call.")
+INSTEAD_SHORT = "Your teacher has the worked solutions; try first."  # where the cell says reveal=True already
+# A mention of a file of the repository that the hand-out leaves out, e.g. `tests/test_claims_09.py`.
+NOT_SHIPPED = re.compile(r"`([^`\n]*?(?<![\w./])(?:\.\./)?(?:tests|binder|build|\.ci)/[^`\n]*)`")
+ELSEWHERE = " in the course's repository"
+
+
+def rewrite(text: str) -> str:
+    """A lesson's Markdown as the hand-out says it: no pointer at solutions it lacks, and files it
+    leaves out named as the repository's."""
+    if "solutions/" in text:
+        instead = INSTEAD_SHORT if "reveal=True" in text else INSTEAD
+        text = SOLUTIONS_SENTENCE.sub(lambda m: re.match(r"\s*", m.group(0)).group(0) + instead, text)
+    return NOT_SHIPPED.sub(lambda m: m.group(0) + ("" if text[m.end():].startswith(ELSEWHERE) else ELSEWHERE),
+                           text)
 
 MAKEFILE = """\
 # The commands of the course hand-out (README.md says more).
@@ -43,12 +57,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 WB_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+NEEDS = The course needs Python 3.11 or newer, and $(PYTHON) is $$($(PYTHON) --version 2>&1): \\
+        name another, e.g. make lab PYTHON=python3.12
 
 .PHONY: setup lab workbooks workbook
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
+\t@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "$(NEEDS)" >&2; exit 1; }
 \t$(PYTHON) -m venv $(VENV)
 \t$(PY) -m pip install --quiet -r requirements.txt
 \t$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -85,7 +102,7 @@ Notebooks in Python and PyTorch. Each idea is shown by code you run, a plot, and
 
 ## Start
 
-On Linux or macOS, with Python 3.10 or newer:
+On Linux or macOS, with Python 3.11 or newer and an internet connection:
 
 ```bash
 make lab
@@ -93,12 +110,22 @@ make lab
 
 The first time, this makes `.venv/` and installs the pinned packages of `requirements.txt`
 (PyTorch among them: several minutes). Then it makes your own copies of the lessons in
-`workbooks/` and opens JupyterLab at lesson 01 in your browser. Every lesson runs on a CPU;
-on Linux without a GPU, `make setup` after
-`.venv/bin/python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`
-(once `python3 -m venv .venv` has made the folder) saves downloading CUDA libraries.
+`workbooks/` and opens JupyterLab at lesson 01 in your browser (it also prints the address,
+with its token). `make lab PYTHON=python3.12` names another Python; on Debian or Ubuntu,
+`sudo apt install python3-venv` first if `venv` says that `ensurepip` is missing.
 
-Without `make` (Windows: `.venv\\Scripts\\python` instead of `.venv/bin/python`):
+Every lesson runs on a CPU. On Linux, PyPI's PyTorch also brings several GB of CUDA
+libraries; without an NVIDIA GPU, install PyTorch's CPU build first, then `make lab` installs
+the rest (the CPU build satisfies the pin `torch==2.13.0`):
+
+```bash
+python3 -m venv .venv
+.venv/bin/python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+make lab
+```
+
+Without `make` (Windows: `py -3` instead of `python3`, and `.venv\\Scripts\\python` instead of
+`.venv/bin/python`):
 
 ```bash
 python3 -m venv .venv
@@ -138,15 +165,17 @@ def build(root: Path = ROOT, output: Path | None = None) -> Path:
             nb = cleared(json.loads(lesson.read_text(encoding="utf-8")), depth="", local=local)
             for cell in nb["cells"]:
                 text = "".join(cell["source"])
-                if cell["cell_type"] == "markdown" and "solutions/" in text:
-                    text = SOLUTIONS_SENTENCE.sub(lambda m: re.match(r"\s*", m.group(0)).group(0) + INSTEAD, text)
+                if cell["cell_type"] == "markdown":
+                    text = rewrite(text)
                     cell["source"] = text.splitlines(keepends=True)
                 if "solutions/" in text or "-solutions.ipynb" in text:
                     raise SystemExit(f"{lesson.name}: a cell still points at solutions the hand-out lacks:\n"
                                      f"{text[:300]}\nWrite it as one sentence: Solutions are in "
                                      "`solutions/NN-name-solutions.ipynb`; try first.")
-            for cell in nb["cells"]:
-                for path in re.findall(r"(?<![\w./])((?:\.\./)?(?:tests|binder|build|\.ci)/[\w./-]*)", "".join(cell["source"])):
+                unnamed = [m.group(0) for m in re.finditer(
+                    r"(?<![\w./])(?:\.\./)?(?:tests|binder|build|\.ci)/[\w./*-]*", text)
+                    if cell["cell_type"] == "code" or ELSEWHERE not in text[m.end():m.end() + 60]]
+                for path in unnamed:
                     print(f"warning: {lesson.name} mentions {path}, which the hand-out does not include",
                           file=sys.stderr)
             write_notebook(nb, top / "notebooks" / lesson.name)

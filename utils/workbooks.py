@@ -283,6 +283,10 @@ def main(argv: list[str]) -> None:
         make(quiet=True)  # `make lab` has just run `make workbooks`, which reported
         write_lab_settings()
         args = lab_command() + rest
+        if os.name == "nt":  # Windows has no exec: run JupyterLab as a child, its exit status ours
+            import subprocess
+
+            raise SystemExit(subprocess.call(args))
         os.execv(args[0], args)
     else:
         raise SystemExit(__doc__)
