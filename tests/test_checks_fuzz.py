@@ -79,7 +79,7 @@ def answer_of(check, answer, capsys) -> Verdict:
     except Hung:
         pytest.fail(f"{name_of(check)} did not answer within {WATCHDOG_S} s: no time limit on the "
                     "learner's function (use @exercise)")
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         pytest.fail(f"{name_of(check)} raised {type(error).__name__}: {error} on {exercises.describe(answer)}")
     out = capsys.readouterr().out
     assert isinstance(result, Verdict), f"{name_of(check)} returned {type(result).__name__}"
@@ -145,7 +145,7 @@ def generator_of(items):
 
 
 ERRORS = [ValueError, TypeError, RuntimeError, ZeroDivisionError, KeyError, AttributeError, IndexError,
-          StopIteration, RecursionError, NotImplementedError, AssertionError]
+          StopIteration, RecursionError, NotImplementedError, AssertionError, SystemExit]
 functions = st.one_of(
     st.builds(returning, values),
     st.builds(raising, st.sampled_from(ERRORS)),
