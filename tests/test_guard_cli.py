@@ -241,3 +241,113 @@ def test_an_optimizer_the_guard_cannot_take_runs_unchecked(in_tmp, capsys, monke
     out, err = capsys.readouterr()
     assert "final loss" in out
     assert "utils.guard: could not guard a SGD (RuntimeError: no names today); it runs unchecked." in err
+
+
+# -- review: scripts as real projects run them -------------------------------------------------------------
+def test_a_module_runs_as_python_dash_m_runs_it_relative_imports_included(in_tmp, capsys):
+    package = in_tmp / "review_project"
+    package.mkdir()
+    write(package, "__init__.py", "")
+    write(package, "settings.py", "LR = 0.1\n")
+    write(package, "train.py", FORGOT.replace("lr=0.1", "lr=LR").replace(
+        "import torch\n", "import torch\n\nfrom .settings import LR\n", 1))
+    before = sys.path[:]
+    assert main(["--max-warnings", "1", "-m", "review_project.train", "--epochs", "2"]) == FOUND
+    out, err = capsys.readouterr()
+    assert out == "trained\n"
+    assert "train.py:13: StaleGradientWarning: step 2:" in err  # two lines more: the import
+    assert err.count("StaleGradientWarning: step") == 1  # --max-warnings 1 was the guard's, not the module's
+    assert sys.path == before
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-m", "no_such_module_here"], "no module named 'no_such_module_here': run from the folder where"),
+    (["-m", "review_package"], "'review_package' is a package without __main__.py: give the module to run, "
+                               "e.g. -m review_package.train"),
+])
+def test_a_module_that_cannot_be_run_gets_a_clear_message_and_status_2(in_tmp, capsys, argv, words):
+    (in_tmp / "review_package").mkdir()
+    write(in_tmp / "review_package", "__init__.py", "")
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-m"], "-m needs a module name"),
+    (["train.py", "-m", "x"], None),  # after the script, -m is the script's own argument
+    (["-m", "x", "train.py"], None),  # after the module, train.py is the module's argument
+])
+def test_dash_m_is_parsed_as_python_parses_it(in_tmp, capsys, argv, words):
+    write(in_tmp, "train.py", "import sys\nprint(sys.argv[1:])\n")
+    if words is None:
+        status = main(argv)
+        out, err = capsys.readouterr()
+        if argv[0] == "train.py":
+            assert status == 0 and out == "['-m', 'x']\n"
+        else:
+            assert status == 2 and "no module named 'x'" in err
+        return
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_if_name_main_scripts_and_sys_exit_codes(in_tmp, capsys):
+    write(in_tmp, "train.py", """\
+        import sys
+        import torch
+
+
+        def train():
+            model = torch.nn.Linear(3, 1)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            for _ in range(3):
+                optimizer.zero_grad()
+                model(torch.ones(2, 3)).sum().backward()
+                optimizer.step()
+
+
+        if __name__ == "__main__":
+            train()
+            sys.exit(int(sys.argv[1]))
+        """)
+    assert main(["train.py", "0"]) == 0
+    assert main(["train.py", "4"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("1 optimizer guarded (SGD), 3 steps checked: no findings.") == 2
+    assert "the script exited with status 4; that status is kept." in err
+
+
+def test_a_script_reading_stdin_reads_it(in_tmp, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("3\n"))
+    write(in_tmp, "train.py", "import sys\nprint('read', sys.stdin.readline().strip())\n")
+    assert main(["train.py"]) == 0
+    assert capsys.readouterr().out == "read 3\n"
+
+
+def test_processes_the_script_starts_are_named_as_unguarded(tmp_path):
+    """torch.multiprocessing.spawn's workers run in new processes: the summary says so, and how to guard them."""
+    write(tmp_path, "spawn.py", """\
+        import torch
+        import torch.multiprocessing as mp
+
+
+        def worker(rank):
+            model = torch.nn.Linear(2, 1)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            for _ in range(3):
+                model(torch.ones(1, 2)).sum().backward()
+                optimizer.step()  # zero_grad() forgotten, in the worker
+
+
+        if __name__ == "__main__":
+            mp.spawn(worker, nprocs=2)
+            print("spawned")
+        """)
+    done = run_module(["spawn.py"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "spawned\n"
+    assert "the script started 2 processes of its own; optimizers created in them are not guarded" in done.stderr
+    assert "torchrun -m utils.guard train.py" in done.stderr

@@ -114,3 +114,18 @@ def test_loading_twice_is_harmless_and_reload_works(shell, capsys):
     assert auto.installed()
     shell.run_line_magic("unload_ext", "utils.guard")
     assert not auto.installed()
+
+
+def test_the_extension_functions_called_twice_or_out_of_order_only_say_so(shell, capsys):
+    from utils.guard import load_ipython_extension, unload_ipython_extension
+
+    unload_ipython_extension(shell)  # never loaded
+    assert capsys.readouterr().out == "utils.guard: nothing to unload (%load_ext utils.guard was not run).\n"
+    load_ipython_extension(shell)
+    load_ipython_extension(shell)  # a second time, without IPython's own check: no error
+    out = capsys.readouterr().out
+    assert "already guarded; %unload_ext utils.guard first" in out
+    unload_ipython_extension(shell)
+    assert not auto.installed()
+    shell.run_line_magic("unload_ext", "utils.guard")  # IPython's own answer, nothing raised
+    assert "not loaded" in capsys.readouterr().out

@@ -512,6 +512,37 @@ def scaler_skip_on_partial_inf(g, bug):
         assert scales == [2.0**12, 2.0**12, 2.0**11, 2.0**11, 2.0**10, 2.0**10], scales
 
 
+@loop({"forgot": STALE, "zeroed_in_place_too": None})
+def amp_first_steps_overflow(g, bug):
+    """The torch.amp recipe with a high init_scale: the first steps overflow and are skipped, as usual.
+
+    Forgetting zero_grad() keeps the non-finite values in .grad: every later step is skipped and
+    no optimizer.step() ever runs; the guard sees the GradScaler skip and warns at its line.
+    Clearing in place by hand (an optimizer's own zero_grad() written that way) is a clear.
+    """
+    torch.manual_seed(31)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+    optimizer = g(torch.optim.SGD(model.parameters(), lr=0.01))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)
+    scales = []
+    for i in range(10):
+        if bug is None:
+            optimizer.zero_grad()
+        elif bug == "zeroed_in_place_too":
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.detach_()
+                    p.grad.zero_()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.mse_loss(model(randn(8, 4, seed=520 + i)), randn(8, 1, seed=530 + i))
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # <- forgot
+        scaler.update()
+        scales.append(scaler.get_scale())
+    if bug != "forgot":
+        assert scales[0] < 2.0**20 and scales[-1] == scales[-2], scales  # skipped at first, then stepping
+
+
 # == 12. an EMA of the weights with torch._foreach_lerp_, and Lookahead moving the weights after the step ======
 class Lookahead:
     """Lookahead (Zhang et al. 2019) around any optimizer: every k steps, the slow weights pull the fast ones."""
@@ -946,7 +977,7 @@ def unfreeze_from_the_top(g, bug):
 
 
 # == 23. StyleGAN2-ADA's phases: modules frozen between phases, the optimizer made while they are frozen ======
-@loop({})
+@loop({"forgot": STALE, "zero_after_backward": DISCARDED})
 def stylegan_phases(g, bug):
     torch.manual_seed(27)
     G = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.2), nn.Linear(8, 4))
@@ -959,17 +990,20 @@ def stylegan_phases(g, bug):
     for i in range(3):
         real, z = randn(4, 4, seed=450 + i), randn(4, 4, seed=460 + i)
         for name, module, opt in phases:
-            opt.zero_grad(set_to_none=True)
+            if bug != "forgot":
+                opt.zero_grad(set_to_none=True)
             module.requires_grad_(True)
             if name == "Gmain":
                 F.softplus(-D(G(z))).mean().backward()
             else:
                 (F.softplus(D(G(z).detach())).mean() + F.softplus(-D(real)).mean()).backward()
             module.requires_grad_(False)
+            if bug == "zero_after_backward":
+                opt.zero_grad(set_to_none=False)  # <- zero_after_backward
             params = [param for param in module.parameters() if param.grad is not None]
             for param in params:
                 torch.nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5, out=param.grad)
-            opt.step()
+            opt.step()  # <- forgot
 
 
 # == 24. Embedding(max_norm=...) renormalises its weight in forward; accumulation over micro-batches ===========
@@ -1094,6 +1128,7 @@ def describe(findings: list[Finding]) -> list[str]:
 
 
 CASES = [(name, None) for name in LOOPS] + [(name, bug) for name, (_, bugs, _, _) in LOOPS.items() for bug in bugs]
+SILENT_VARIANTS = {"zeroed_in_place_too"}  # bug names that are correct loops too: None in the loop's dict
 
 
 @pytest.mark.parametrize("name, bug", CASES, ids=[f"{n}-{b or 'correct'}" for n, b in CASES])
@@ -1105,11 +1140,64 @@ def test_each_correct_loop_is_silent_and_each_planted_bug_is_warned_at_its_line(
         assert len(caught) == len(findings)  # each finding shown as a warning (max_warnings=None)
     else:
         findings, steps = run_automatic(fn, bug, **options)
-    assert steps > 0
-    if bug is None:
+    if bugs.get(bug) is None:  # a correct loop (or a correct variant): silent, and it stepped
         assert findings == [], describe(findings)
+        assert steps > 0
         return
     assert findings, f"{name} with {bug!r}: no warning"
     assert {f.kind for f in findings} == {bugs[bug]}, describe(findings)
     lines = marked_lines([fn, *helpers], bug)
     assert lines and findings[0].lineno in lines, (sorted(lines), describe(findings))
+
+
+# -- beside the loops ------------------------------------------------------------------------------------------
+def test_a_parameter_in_two_optimizers_stepped_on_one_backward_is_stale_and_the_message_says_why():
+    """A tied embedding given to an encoder's and a decoder's optimizer is updated twice per backward()."""
+    torch.manual_seed(0)
+    embedding, decoder = nn.Embedding(10, 4), nn.Linear(4, 10)
+    encoder_optimizer = torch.optim.SGD(embedding.parameters(), lr=0.1)
+    decoder_optimizer = torch.optim.SGD([*decoder.parameters(), embedding.weight], lr=0.1)
+    guarded = Guarded()
+    guarded(encoder_optimizer), guarded(decoder_optimizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(3):
+            encoder_optimizer.zero_grad()
+            decoder_optimizer.zero_grad()
+            tokens = torch.tensor([1, 2, 3])
+            F.cross_entropy(decoder(embedding(tokens)), tokens).backward()
+            encoder_optimizer.step()
+            decoder_optimizer.step()
+    for guard in guarded.guards:
+        guard.remove()
+    encoder, decoder_guard = guarded.guards
+    assert encoder.findings == []
+    assert [(f.step, f.kind) for f in decoder_guard.findings] == [(1, STALE), (2, STALE), (3, STALE)]
+    message = decoder_guard.findings[0].message
+    assert "gradients that another optimizer's step already used, in 1 of 3 parameters" in message
+    assert "in two optimizers, and both step on the same backward()" in message
+    assert "step 0" not in message
+
+
+def test_every_method_the_guard_wraps_is_put_back():
+    methods = (torch.optim.Optimizer.zero_grad, torch.nn.Module.zero_grad, torch.optim.Optimizer.add_param_group,
+               torch.amp.GradScaler.step, torch.nn.Module.requires_grad_)
+    model = nn.Linear(2, 1)
+    with pytest.raises(RuntimeError, match="no longer exists .nothing else held it.: keep it in a variable"):
+        with ZeroGradGuard(torch.optim.SGD(model.parameters(), lr=0.1)):  # dropped at once: nothing to watch
+            pass
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with ZeroGradGuard(optimizer):
+        assert torch.amp.GradScaler.step is not methods[3] and torch.optim.Optimizer.add_param_group is not methods[2]
+    assert (torch.optim.Optimizer.zero_grad, torch.nn.Module.zero_grad, torch.optim.Optimizer.add_param_group,
+            torch.amp.GradScaler.step, torch.nn.Module.requires_grad_) == methods
+
+
+def test_a_skipped_step_left_uncleared_is_named_and_points_at_scaler_step():
+    findings, caught, steps = run_explicit(amp_first_steps_overflow, "forgot")
+    assert steps == 0  # no optimizer.step() ever ran: the first gradient overflowed and stayed in .grad
+    first = findings[0]
+    assert first.message.startswith("step 1: the GradScaler skipped optimizer.step() again, and .grad still "
+                                    "holds gradients of an earlier step that a GradScaler skipped")
+    assert "Probably forgotten: optimizer.zero_grad() after a skipped step" in first.message
+    assert first.lineno in marked_lines([amp_first_steps_overflow], "forgot")

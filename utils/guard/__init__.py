@@ -6,6 +6,8 @@ Three ways to use it:
         train(model, optimizer, data)
 
     python -m utils.guard train.py [args...]    # a script, unchanged: every optimizer it creates
+    python -m utils.guard -m package.train      # a module, as python -m runs it
+    torchrun --nproc_per_node=2 -m utils.guard train.py   # each worker of a distributed run
 
     %load_ext utils.guard                  # a notebook: every optimizer created afterwards
     %unload_ext utils.guard                # removes every hook
@@ -48,11 +50,20 @@ What it does not see (by design or by necessity), with the way out:
 - gradients cleared and then replaced by a tensor you assign (`p.grad = g`, not a view)
   count as read to make it (PCGrad's per-task gradients), so that clear is not reported;
 - optimizers created before `%load_ext utils.guard` (or before the command line's script
-  ran) are not guarded.
+  ran) are not guarded, nor those of processes a script starts itself
+  (`torch.multiprocessing.spawn`): the command line says how many it started; guard them with
+  `torchrun -m utils.guard train.py`, or ZeroGradGuard inside the worker function;
+- a parameter that requires grad only around its backward(), switched by hand
+  (`p.requires_grad = True`, backward(), `p.requires_grad = False`, then the step) is never
+  watched: the guard hooks a parameter when it sees it require grad (at a zero_grad(), a
+  step, or a module's `requires_grad_()`, which StyleGAN2-ADA's phases use); switch it with
+  `module.requires_grad_()` instead.
 
 Gradients cleared after the weights were changed by hand (the first pass of
 sharpness-aware minimisation) count as used; steps skipped by a GradScaler are judged as
-whole steps; gradients another optimizer's loss left in `.grad` (a GAN) may be cleared.
+whole steps, and a skipped step's gradients left in `.grad` for the next backward() are
+stale (every later step would be skipped too); gradients another optimizer's loss left in
+`.grad` (a GAN) may be cleared.
 The parts: checker.py (the guard and its hooks), clears.py (zero_grad() seen as it
 happens), verdicts.py and messages.py (what is reported), reads.py (one read per step),
 sites.py (your line, the intended-clear comment), auto.py, cli.py and notebook.py (every

@@ -122,6 +122,9 @@ class ZeroGradGuard:
 
     # -- the context manager -------------------------------------------------------------
     def __enter__(self) -> ZeroGradGuard:
+        if self._removed and self._optimizer() is None:
+            raise RuntimeError("the optimizer given to this ZeroGradGuard no longer exists (nothing else held "
+                               "it): keep it in a variable, then `with ZeroGradGuard(optimizer):`")
         if self._removed:
             raise RuntimeError("this ZeroGradGuard was removed; create a new one: ZeroGradGuard(optimizer)")
         return self
@@ -210,6 +213,10 @@ class ZeroGradGuard:
             self._attach_if_changed()
             self._observe(record)
             grad = record.param.grad
+            if grad is not None and record.skipped is not None:  # a skipped step's gradients, never cleared?
+                if record.ref is not None and record.ref() is grad and grad._version == record.skipped:
+                    record.mixed = "skipped"
+                record.skipped = None
             if grad is not None:
                 if record.old is UNCONFIRMED:  # what a step used is about to be mixed with new contributions
                     record.old, record.checks = True, [summary(grad)]
@@ -325,17 +332,43 @@ class ZeroGradGuard:
                     record = self._records.get(id(p))
                     if record is not None:
                         self._consumed(record)
+                        record.origin = "other"  # if our step uses them again, say whose step did
         except ZeroGradWarning:
             raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
         except Exception as error:  # a bug of the guard's own: it stops, never the loop
             return self._failed(error)
+
+    def _skipped_step(self) -> None:
+        """A GradScaler skipped this optimizer's step (a gradient was not finite): those must be cleared.
+
+        Called by `utils.guard.clears` after `scaler.step(optimizer)` when no step ran. If
+        backward() has added to gradients an earlier skip left uncleared, this attempt is stale
+        (the non-finite values stay, so every later step is skipped too); then every gradient
+        holding contributions is marked, to be checked at the next backward().
+        """
+        if self._broken:
+            return
+        try:
+            flagged = [r for r in self._records.values() if r.mixed == "skipped"]
+            if flagged:
+                verdicts.judge_skipped(self, step=self.steps + 1, flagged=flagged)
+                for record in flagged:
+                    record.mixed = None
+            for record in self._records.values():
+                self._observe(record)
+                if record.unconsumed and record.param.grad is not None:
+                    record.skipped = record.version
+        except ZeroGradWarning:
+            raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
+        except Exception as error:  # a bug of the guard's own: it stops, never the loop
+            self._failed(error)
 
     # -- keeping the records up to date --------------------------------------------------
     def _consumed(self, record: Record) -> None:
         """A step used what `.grad` holds: from now on it is old."""
         if record.checks or record.mixed is not None or record.origin != "step":
             record.reset()
-        record.accs, record.hand, record.content, record.refill = 0, False, None, None
+        record.accs, record.hand, record.content, record.refill, record.skipped = 0, False, None, None, None
         param = record.param
         grad = param.grad
         if grad is None:

@@ -2,7 +2,9 @@
 
 While a guard is active, `torch.optim.Optimizer.zero_grad` and `torch.nn.Module.zero_grad`
 are wrapped (and `Optimizer.add_param_group`, so that parameters joining an optimizer are
-watched from that moment, with the gradients they bring): before the real call, each watched parameter's guard looks at `.grad` (and
+watched from that moment, with the gradients they bring; `Module.requires_grad_`, so that
+parameters unfrozen for a phase are watched before its backward(); and `GradScaler.step`, so
+that a step it skips is known: its gradients must be cleared too): before the real call, each watched parameter's guard looks at `.grad` (and
 starts, on the device, a summary of contributions no step used yet); after it, the guard
 records the clear with the line that called it. So a clear in place is known as a clear
 without reading a value, and the warning can name the `zero_grad()` line. When the last
@@ -68,7 +70,9 @@ def _clear(params: Iterable[torch.Tensor], original: Any, owner: Any, args: tupl
 def _install() -> None:
     optimizer_zero_grad, module_zero_grad = torch.optim.Optimizer.zero_grad, torch.nn.Module.zero_grad
     add_param_group = torch.optim.Optimizer.add_param_group
-    _originals.update(optimizer=optimizer_zero_grad, module=module_zero_grad, add_param_group=add_param_group)
+    scaler_step, requires_grad_ = torch.amp.GradScaler.step, torch.nn.Module.requires_grad_
+    _originals.update(optimizer=optimizer_zero_grad, module=module_zero_grad, add_param_group=add_param_group,
+                      scaler_step=scaler_step, requires_grad_=requires_grad_)
 
     @functools.wraps(optimizer_zero_grad)
     def zero_grad_of_optimizer(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
@@ -82,17 +86,40 @@ def _install() -> None:
     @functools.wraps(add_param_group)
     def add_param_group_and_watch(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         result = add_param_group(self, *args, **kwargs)
-        for guard in list(_guards):  # the new parameters' gradients, as they are when they join
-            if guard.optimizer is self and not guard._broken:
-                try:
-                    guard._attach_if_changed()
-                except Exception as error:  # a bug of the guard's own: it stops, never the program
-                    guard._failed(error)
+        _look_again([guard for guard in _guards if guard.optimizer is self])  # as they are when they join
+        return result
+
+    @functools.wraps(requires_grad_)
+    def requires_grad_and_watch(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        result = requires_grad_(self, *args, **kwargs)
+        _look_again(list(_guards))  # unfrozen for a phase only (StyleGAN2-ADA): hooked before its backward()
+        return result
+
+    @functools.wraps(scaler_step)
+    def scaler_step_and_watch(self: torch.amp.GradScaler, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+        guards = [guard for guard in _guards if guard.optimizer is optimizer]
+        steps = [guard.steps for guard in guards]
+        result = scaler_step(self, optimizer, *args, **kwargs)
+        for guard, before in zip(guards, steps):
+            if guard.steps == before:  # no optimizer.step() ran: the scaler skipped it
+                guard._skipped_step()
         return result
 
     torch.optim.Optimizer.zero_grad = zero_grad_of_optimizer
     torch.nn.Module.zero_grad = zero_grad_of_module
     torch.optim.Optimizer.add_param_group = add_param_group_and_watch
+    torch.amp.GradScaler.step = scaler_step_and_watch
+    torch.nn.Module.requires_grad_ = requires_grad_and_watch
+
+
+def _look_again(guards: list[Any]) -> None:
+    """Let each guard hook the parameters that joined its optimizer or started to require grad."""
+    for guard in guards:
+        if not guard._broken:
+            try:
+                guard._attach_if_changed()
+            except Exception as error:  # a bug of the guard's own: it stops, never the program
+                guard._failed(error)
 
 
 def _uninstall() -> None:
@@ -100,6 +127,8 @@ def _uninstall() -> None:
         torch.optim.Optimizer.zero_grad = _originals.pop("optimizer")
         torch.nn.Module.zero_grad = _originals.pop("module")
         torch.optim.Optimizer.add_param_group = _originals.pop("add_param_group")
+        torch.amp.GradScaler.step = _originals.pop("scaler_step")
+        torch.nn.Module.requires_grad_ = _originals.pop("requires_grad_")
 
 
 def installed() -> bool:

@@ -23,6 +23,11 @@ def _old(records: list[Record], total: int, step: int) -> tuple[str, str]:
                 " Probably: the parameters requires_grad while outside the optimizer, and nothing cleared "
                 "them. Fix: clear them when they join (optimizer.zero_grad() after add_param_group), "
                 "or use model.zero_grad().")
+    if origin == "other":
+        return ("gradients that another optimizer's step already used",
+                " Probably: these parameters are in two optimizers, and both step on the same backward(), "
+                "so each applies the gradient. Fix: give each parameter to one optimizer only (or, if the "
+                "second step should use a new gradient, clear between the two steps).")
     used = "that were there before the guard started" if origin == "start" else f"that step {step - 1} already used"
     text = ""
     if all(r.accs == 0 and not r.hand for r in records):
@@ -50,6 +55,14 @@ def _moved(records: list[Record], total: int, step: int) -> tuple[str, str]:
             "first_step(zero_grad=True)).")
 
 
+def _skipped(records: list[Record], total: int, step: int) -> tuple[str, str]:
+    return ("gradients of an earlier step that a GradScaler skipped (a gradient was not finite), "
+            "with backward() added to them since",
+            " Probably forgotten: optimizer.zero_grad() after a skipped step. The values that were not "
+            "finite stay in .grad, so this step and every later one is skipped too: training has stopped. "
+            "Fix: call optimizer.zero_grad() " + _FIX_ONCE + " Skipped steps need it too.")
+
+
 def _overfull(records: list[Record], total: int, step: int, k: int) -> tuple[str, str]:
     count = max(r.accs for r in records)
     return (f"gradients from {count} backward() calls, more than gradient_accumulation_steps={k}",
@@ -58,16 +71,21 @@ def _overfull(records: list[Record], total: int, step: int, k: int) -> tuple[str
             "last micro-batch of every epoch too.")
 
 
-def stale(groups: dict[str, list[Record]], total: int, step: int, k: int | None) -> str:
+def stale(groups: dict[str, list[Record]], total: int, step: int, k: int | None, *,
+          skipped_again: bool = False) -> str:
     """One message for a step that would use contributions that are not its own, by reason."""
     parts = []
     for reason, records in groups.items():
         if reason == "overfull":
             what, why = _overfull(records, total, step, k or 1)
         else:
-            what, why = {"old": _old, "foreign": _foreign, "moved": _moved}[reason](records, total, step)
+            what, why = {"old": _old, "foreign": _foreign, "moved": _moved,
+                         "skipped": _skipped}[reason](records, total, step)
         parts.append((what, records, why))
     what, records, why = parts[0]
+    if skipped_again:
+        return (f"step {step}: the GradScaler skipped optimizer.step() again, and .grad still holds {what}, "
+                f"in {listing(records, total)}.{why}")
     text = (f"step {step}: optimizer.step() is about to use .grad that still holds {what}, "
             f"in {listing(records, total)}.{why}")
     for what, records, why in parts[1:]:

@@ -17,6 +17,9 @@ from utils.guard import auto
 
 def load_ipython_extension(ipython: Any) -> None:
     """Called by `%load_ext utils.guard`."""
+    if auto.installed():  # loaded already (IPython usually says so itself), or the command line is running
+        print("utils.guard: every new optimizer is already guarded; %unload_ext utils.guard first to start afresh.")
+        return
     auto.install()
     print("utils.guard: every optimizer created from now on is guarded; "
           "%unload_ext utils.guard removes every hook.")
@@ -24,5 +27,8 @@ def load_ipython_extension(ipython: Any) -> None:
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Called by `%unload_ext utils.guard`: remove every guard and hook, then summarise."""
+    if not auto.installed():
+        print("utils.guard: nothing to unload (%load_ext utils.guard was not run).")
+        return
     made = auto.uninstall()
     print(auto.summary(made))

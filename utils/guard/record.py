@@ -17,7 +17,7 @@ class Record:
     """One parameter's `.grad` as last seen, and where its contributions come from."""
 
     __slots__ = ("param", "name", "index", "ref", "version", "pversion", "old", "checks", "origin",
-                 "accs", "hand", "since", "mixed", "content", "refill")
+                 "accs", "hand", "since", "mixed", "content", "refill", "skipped")
 
     def __init__(self, param: torch.Tensor, name: str, index: int) -> None:
         self.param, self.name, self.index = param, name, index  # index: the optimizer's order
@@ -26,13 +26,15 @@ class Record:
         self.pversion = param._version  # the parameter's _version after the last accumulation or step
         self.old: bool | str = False  # holds contributions a step already used? (or UNCONFIRMED)
         self.checks: list[Summary] = []  # `old` holds only if each of these is not all zeros
-        self.origin = "step"  # where old contributions came from: "step", "start" or "joined"
+        self.origin = "step"  # where old contributions came from: "step", "other", "start" or "joined"
         self.accs = 0  # backward() accumulations since the last step or clear
         self.hand = False  # holds a tensor assigned by hand (p.grad = g) since then
         self.since = 0  # how many other optimizers' steps had run at the first of those contributions
-        self.mixed: str | None = None  # also holds contributions from before "foreign" step or a "moved" weight
+        self.mixed: str | None = None  # also holds contributions from before a "foreign" step, a "moved"
+        # weight, or a step a GradScaler "skipped"
         self.content: Summary | None = None  # summary after a change by hand (None: unknown)
         self.refill: Lost | None = None  # cleared after another optimizer's step: fine if refilled
+        self.skipped: int | None = None  # .grad's _version when a GradScaler skipped the step (not cleared since)
 
     def see(self, grad: torch.Tensor) -> None:
         """Remember this tensor and its version as the current state of `.grad`."""
@@ -48,7 +50,7 @@ class Record:
     def reset(self) -> None:
         """Nothing old, nothing new: after a step used the contributions, or a clear."""
         self.old, self.checks, self.origin = False, [], "step"
-        self.accs, self.hand, self.mixed, self.content = 0, False, None, None
+        self.accs, self.hand, self.mixed, self.content, self.skipped = 0, False, None, None, None
 
 
 @dataclass

@@ -50,10 +50,21 @@ def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record]) 
     k = guard.gradient_accumulation_steps
     if k is not None and any(r.accs > k for r in records):
         groups["overfull"] = [r for r in records if r.accs > k]
+    _warn_stale(guard, groups, len(records), step)
+
+
+def judge_skipped(guard: Any, *, step: int, flagged: list[Record]) -> None:
+    """Warn about an attempt at step `step` that a GradScaler skipped again, on gradients never cleared."""
+    _warn_stale(guard, {"skipped": flagged}, len(guard._records), step, skipped_again=True)
+
+
+def _warn_stale(guard: Any, groups: dict[str, list[Record]], total: int, step: int,
+                skipped_again: bool = False) -> None:
     frames = stack() if groups else ()
     if groups and not intended(frames):
         flagged = sorted({r.index: r for g in groups.values() for r in g}.values(), key=lambda r: r.index)
-        message = messages.stale(groups, len(records), step, k)
+        message = messages.stale(groups, total, step, guard.gradient_accumulation_steps,
+                                 skipped_again=skipped_again)
         emit(guard, make_finding(step, StaleGradientWarning, [r.name for r in flagged], message, frames), frames)
 
 
