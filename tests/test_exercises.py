@@ -336,3 +336,28 @@ def test_a_function_out_of_time_is_named_in_the_verdict(monkeypatch, capsys):
 
     assert not check_loop(batch_gradient)
     assert "Not yet: batch_gradient(...)" in capsys.readouterr().out
+
+
+def test_same_code_tells_a_cell_left_as_handed_out_from_a_mended_one():
+    from utils.exercises import same_code
+
+    handed_out = """
+def {name}(model, optimizer, batches):
+    for X, y in batches:{comment}
+        loss = loss_fn(model(X), y)
+        loss.backward()
+        optimizer.step()
+"""
+    mended = handed_out.replace("        loss.backward()", "        optimizer.zero_grad()\n        loss.backward()")
+
+    def define(text, name, comment="", lines=0):
+        scope = {}
+        exec(compile("\n" * lines + text.format(name=name, comment=comment), "<cell>", "exec"), scope)
+        return scope[name]
+
+    reference = define(handed_out, "forgot_zero_grad")
+    assert same_code(define(handed_out, "train", "  # as given", lines=40), reference)
+    assert not same_code(define(mended, "train"), reference)
+    assert not same_code(define(handed_out.replace("loss_fn", "mse"), "train"), reference)
+    assert not same_code(lambda model, optimizer, batches: None, reference)
+    assert not same_code(..., reference) and not same_code(print, reference)

@@ -95,6 +95,19 @@ def unwritten(fn: Any) -> bool:
                for i in instructions)
 
 
+def _code_key(code: Any) -> tuple[Any, ...]:
+    consts = tuple(_code_key(c) if inspect.iscode(c) else (type(c).__name__, repr(c)) for c in code.co_consts)
+    return code.co_code, consts, code.co_names, code.co_varnames, code.co_freevars
+
+
+def same_code(fn: Any, reference: Any) -> bool:
+    """Whether `fn` is a function with the code of `reference`, whatever its name, lines or comments:
+    a cell left as handed out (a buggy loop to mend), which a check may answer with counts=False."""
+    if not (inspect.isfunction(fn) and inspect.isfunction(reference)):
+        return False
+    return _code_key(fn.__code__) == _code_key(reference.__code__)
+
+
 def as_number(answer: Any) -> float | None:
     """Return `answer` as a float if it is a real number or a one-element tensor, else None."""
     if isinstance(answer, bool):

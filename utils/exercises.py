@@ -34,6 +34,8 @@ How a check module uses it (utils/ex01.py is the model):
   learner's function: (True, result), or (False, a verdict) when it is no function, is still
   the cell's unwritten `...` body (`unwritten(fn)`: not a try), or raises.
 - `show_pair(a, b)` formats two values shown side by side so that they never print alike.
+- `same_code(fn, handed_out)` tells a cell left as handed out (a buggy loop to mend) from a
+  mended one: answer it with `verdict(..., counts=False)`, so that Run All spends no try.
 - Tests call `reset_tries()` first (an autouse fixture): the counts live for the process.
 """
 
@@ -55,7 +57,7 @@ from typing import Any
 import torch
 
 from utils.answers import (  # noqa: F401 (part of this module's interface)
-    _safe_repr, _short, _show_pair, as_number, describe, direction, show, show_pair, unwritten,
+    _safe_repr, _short, _show_pair, as_number, describe, direction, same_code, show, show_pair, unwritten,
 )
 
 RIGHT = "✔ Right:"
