@@ -199,10 +199,12 @@ class ZeroGradGuard:
                 self._waiting.discard(id(p))
                 self._records[id(p)] = record
                 clears.add(p, self, record)
-                self._param_handles += [
-                    p.register_hook(partial(self._before_accumulate, record)),
-                    p.register_post_accumulate_grad_hook(partial(self._after_accumulate, record)),
-                ]
+                after = p.register_post_accumulate_grad_hook(partial(self._after_accumulate, record))
+                try:  # first among the post-accumulate hooks: one that steps (an optimizer step fused
+                    p._post_accumulate_grad_hooks.move_to_end(after.id, last=False)  # into backward) comes after
+                except (AttributeError, KeyError):
+                    pass
+                self._param_handles += [p.register_hook(partial(self._before_accumulate, record)), after]
 
     # -- the four kinds of moments -------------------------------------------------------
     def _before_accumulate(self, record: Record, incoming: torch.Tensor) -> None:
@@ -236,6 +238,9 @@ class ZeroGradGuard:
         if self._broken:
             return None
         try:
+            if param.grad is None:  # a hook before ours already stepped and cleared: nothing is left
+                record.ref = None
+                return None
             record.see(param.grad)
             if not record.unconsumed:
                 record.since = self._foreign_steps
