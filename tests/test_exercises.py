@@ -120,7 +120,7 @@ def test_counts_are_per_check(capsys):
     assert tries(check_answer) == 2 and tries(check_other) == 1
 
 
-@pytest.mark.parametrize("answer, words", [("36", "text in quotes (a str)"), ([36], "list [36]"),
+@pytest.mark.parametrize("answer, words", [("36", "text in quotes (a str)"), ([36], "a list holding one number"),
                                            (True, "bool True"), (torch.ones(2), "float32 tensor of shape (2,)"),
                                            (int, "the class int"), (None, "None")])
 def test_number_of_the_wrong_type_says_so_without_the_answer(answer, words, capsys):
@@ -361,3 +361,11 @@ def {name}(model, optimizer, batches):
     assert not same_code(define(handed_out.replace("loss_fn", "mse"), "train"), reference)
     assert not same_code(lambda model, optimizer, batches: None, reference)
     assert not same_code(..., reference) and not same_code(print, reference)
+
+
+@pytest.mark.parametrize("answer, words", [((12,), "a comma after the number"), ([36], "without the brackets"),
+                                           ((torch.tensor(36.0),), "a comma after the number")])
+def test_a_number_in_a_one_element_container_is_told_how_to_mend_it(answer, words, capsys):
+    assert not check_answer(answer)
+    out = capsys.readouterr().out
+    assert words in out and "expected:" not in out and "36" not in out, out

@@ -260,6 +260,11 @@ def check_number(
         if isinstance(answer, str):
             return verdict(False, what, wanted="a number", got="text in quotes (a str)",
                            hint="write the number itself, without quotes", expected=float(expected))
+        if isinstance(answer, (tuple, list)) and len(answer) == 1 and as_number(answer[0]) is not None:
+            hint = ("a comma after the number makes a tuple: remove it" if isinstance(answer, tuple) else
+                    "write the number itself, without the brackets")
+            return verdict(False, what, wanted="a number", got=f"a {type(answer).__name__} holding one number",
+                           hint=hint, expected=float(expected))
         return verdict(False, what, wanted="a number (an int, a float or a one-element tensor)",
                        got=describe(answer), expected=float(expected))
     if math.isclose(number, expected, rel_tol=rel_tol, abs_tol=1e-8):
