@@ -5,6 +5,9 @@ Usage: python tests/bench_guard.py [--rounds N] [--min-run-time SECONDS]
 A step is `zero_grad()`, forward, `backward()`, `step()` on a small MLP. Each case is timed
 with `torch.utils.benchmark` (which synchronises a GPU), in rounds that alternate plain and
 guarded, so that a busy machine slows both alike; the ratio of the medians is printed. The
+plain step is timed with no guard alive at all (a live guard wraps every optimizer's
+`zero_grad()` and sees every optimizer's step, so a twin timed beside it is not plain); the
+guarded one under a guard made for the round and removed after it. The
 device is the course's (`utils.device.get_device`: COURSE_DEVICE=cpu|cuda forces it). The
 last column counts the guard's reads of values from the device per step (each one a
 synchronisation on a GPU; tests/test_guard_cost.py bounds them at one per step). This is
@@ -81,17 +84,23 @@ def main() -> None:
         _, plain_step = make_step(widths, batch, name, set_to_none, device)
         optimizer, guarded_step = make_step(widths, batch, name, set_to_none, device)  # a twin
         times: dict[bool, list[float]] = {False: [], True: []}
-        with warnings.catch_warnings(), ZeroGradGuard(optimizer) as guard:
+        with warnings.catch_warnings():
             warnings.simplefilter("error")  # a correct loop: any guard warning would be a bug
             for round_ in range(-1, args.rounds):  # round -1 warms up: caches, optimizer state
                 for guarded in ((False, True) if round_ % 2 else (True, False)):
-                    seconds = median_seconds(guarded_step if guarded else plain_step, args.min_run_time, clock)
+                    if guarded:
+                        with ZeroGradGuard(optimizer):
+                            seconds = median_seconds(guarded_step, args.min_run_time, clock)
+                    else:
+                        seconds = median_seconds(plain_step, args.min_run_time, clock)
                     if round_ >= 0:
                         times[guarded].append(seconds)
-            steps_before, reads_before = guard.steps, reads_made()
-            for _ in range(20):  # reads from the device per step, counted apart from the timing
-                guarded_step()
-            reads = (reads_made() - reads_before) / (guard.steps - steps_before)
+            with ZeroGradGuard(optimizer) as guard:
+                guarded_step()  # the first step after the guard starts judges what it found
+                steps_before, reads_before = guard.steps, reads_made()
+                for _ in range(20):  # reads from the device per step, counted apart from the timing
+                    guarded_step()
+                reads = (reads_made() - reads_before) / (guard.steps - steps_before)
         plain, guarded = statistics.median(times[False]), statistics.median(times[True])
         ratios.append(guarded / plain)
         print(f"{label:52} {plain * 1e6:9.1f} {guarded * 1e6:10.1f} {guarded / plain:6.2f} {reads:10.2f}")
