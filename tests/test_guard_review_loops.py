@@ -1087,6 +1087,98 @@ def ddp_no_sync(g, bug):
             dist.destroy_process_group()
 
 
+# == 27. PyTorch Lightning: every step takes a closure (automatic optimisation), or a do-nothing one (manual) ===
+def do_nothing_closure() -> None:
+    return None
+
+
+class LightningOptimizer:
+    """What Lightning puts around an optimizer: step() always passes the torch optimizer a closure."""
+
+    def __init__(self, optimizer):
+        self._optimizer = optimizer
+
+    def zero_grad(self, set_to_none=True):
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        return self._optimizer.step(closure=closure if closure is not None else do_nothing_closure)  # <- forgot <- forgot_d
+
+
+class Closure:
+    """Lightning's closure: training_step, then zero_grad (first micro-batch of a window), then backward."""
+
+    def __init__(self, step_fn, backward_fn, zero_grad_fn):
+        self.step_fn, self.backward_fn, self.zero_grad_fn = step_fn, backward_fn, zero_grad_fn
+
+    def __call__(self):
+        loss = self.step_fn()
+        if self.zero_grad_fn is not None:
+            self.zero_grad_fn()
+        self.backward_fn(loss)
+        return loss
+
+
+@loop({"forgot": STALE}, helpers=(LightningOptimizer,))
+def lightning_automatic(g, bug):
+    torch.manual_seed(32)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = LightningOptimizer(g(torch.optim.AdamW(model.parameters(), lr=1e-3)))
+    accumulate_grad_batches = 2
+    for batch_idx in range(8):
+        x, y = randn(8, 4, seed=540 + batch_idx), randn(8, 1, seed=550 + batch_idx)
+        first_of_window = batch_idx % accumulate_grad_batches == 0 and bug != "forgot"
+        closure = Closure(lambda: F.mse_loss(model(x), y) / accumulate_grad_batches,
+                          lambda loss: loss.backward(),
+                          optimizer.zero_grad if first_of_window else None)
+        if (batch_idx + 1) % accumulate_grad_batches:
+            closure()  # a micro-batch that does not step: the closure runs outside step()
+        else:
+            optimizer.step(closure=closure)  # <- forgot
+
+
+@loop({"forgot_d": STALE}, helpers=(LightningOptimizer,))
+def lightning_manual_gan(g, bug):
+    """A GAN with `automatic_optimization = False`: toggle_optimizer, manual_backward, step, zero_grad."""
+    torch.manual_seed(33)
+    generator, discriminator = nn.Linear(2, 3), nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizers = [g(torch.optim.Adam(generator.parameters(), lr=2e-4)),
+                  g(torch.optim.Adam(discriminator.parameters(), lr=2e-4))]
+    opt_g, opt_d = (LightningOptimizer(o) for o in optimizers)
+
+    def toggle_optimizer(optimizer):
+        state = {}
+        for opt in optimizers:
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    state[param] = param.requires_grad
+                    param.requires_grad = False
+        for group in optimizer._optimizer.param_groups:
+            for param in group["params"]:
+                param.requires_grad = state[param]
+        return state
+
+    def untoggle_optimizer(state):
+        for param, requires_grad in state.items():
+            param.requires_grad = requires_grad
+
+    for i in range(4):
+        real, z = randn(8, 3, seed=560 + i), randn(8, 2, seed=570 + i)
+        state = toggle_optimizer(opt_g)
+        g_loss = F.softplus(-discriminator(generator(z))).mean()
+        g_loss.backward()  # self.manual_backward(g_loss)
+        opt_g.step()
+        opt_g.zero_grad()
+        untoggle_optimizer(state)
+        state = toggle_optimizer(opt_d)
+        d_loss = F.softplus(-discriminator(real)).mean() + F.softplus(discriminator(generator(z).detach())).mean()
+        d_loss.backward()
+        opt_d.step()
+        if bug != "forgot_d":
+            opt_d.zero_grad()
+        untoggle_optimizer(state)
+
+
 # -------------------------------------------------------------------------------------------------------------
 class Guarded:
     """Guard each optimizer the loop builds: the loop calls `g(optimizer)` on each."""

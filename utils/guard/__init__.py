@@ -31,7 +31,10 @@ What it does not see (by design or by necessity), with the way out:
   hand (`p.grad.copy_(g)`), so stepping twice with clipping between is not reported;
 - a tensor you assign to `.grad` counts as new gradients, even one made from old ones, and
   one cleared by hand before the next backward() or step() is never seen;
-- steps that take a closure (L-BFGS) are not checked: the closure clears inside the step;
+- a step that takes a closure (L-BFGS; PyTorch Lightning passes one to every step) is judged
+  after it ran, on what the closure left in `.grad`, so a warning made an error stops the
+  program after that step, not before; clears inside the closure are its own (L-BFGS
+  evaluates it several times) and never reported;
 - a step skipped by hand is recognised only when some gradient was not finite and the
   clear came from `zero_grad()`; any other intended clear needs `# zero_grad: intended`;
 - gradients computed only to be read and then cleared (an adversarial example made with

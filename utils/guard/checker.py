@@ -80,7 +80,7 @@ class ZeroGradGuard:
         self._waiting: set[int] = set()  # lazy parameters not materialised yet
         self._frozen: dict[int, tuple] = {}  # id -> (parameter that does not require grad, its .grad then)
         self._moved: tuple[int, bool] = (0, False)  # (clear, did it follow a move of every weight by hand?)
-        self._in_closure = False
+        self._in_closure, self._foreign_before = False, 0
         self._removed = False
         self._broken = False  # an error inside the guard: it stops checking, never the loop
         self._warned: dict[type, int] = {StaleGradientWarning: 0, DiscardedGradientWarning: 0}
@@ -288,38 +288,48 @@ class ZeroGradGuard:
         try:
             self._attach_if_changed()
             closure = kwargs.get("closure", args[1] if len(args) > 1 else None)  # args[0] is the optimizer
-            if closure is not None:  # the closure zeroes and recomputes inside step(): not checked
-                self._in_closure = True
+            if closure is not None:  # the closure clears and recomputes inside step(): judged after it
+                self._in_closure, self._foreign_before = True, self._foreign_steps
                 return
-            candidates, k, overfull = [], self.gradient_accumulation_steps, False
-            for record in self._records.values():
-                self._observe(record)
-                if record.refill is not None:  # cleared after another optimizer's step: refilled since?
-                    if not record.unconsumed:
-                        self._lost.append(record.refill)
-                    record.refill = None
-                if record.param.grad is None:
-                    continue
-                if record.old is UNCONFIRMED:  # untouched since the last step: reused?
-                    record.old, record.checks = True, [summary(record.param.grad)]
-                if record.old is True or record.mixed is not None:
-                    candidates.append(record)
-                overfull = overfull or (k is not None and record.accs > k)
-            if candidates or self._lost or overfull:  # else nothing to judge: no read, no work
-                self._report(step=self.steps + 1, after_last=False, candidates=candidates)
+            self._judge_step(used=False)
         except ZeroGradWarning:
             raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
         except Exception as error:  # a bug of the guard's own: it stops, never the loop
             return self._failed(error)
 
+    def _judge_step(self, *, used: bool) -> None:
+        """Judge what step `self.steps + 1` finds in `.grad` (`used`: after a step with a closure ran)."""
+        candidates, k, overfull = [], self.gradient_accumulation_steps, False
+        for record in self._records.values():
+            self._observe(record)
+            if record.refill is not None:  # cleared after another optimizer's step: refilled since?
+                if not record.unconsumed:
+                    self._lost.append(record.refill)
+                record.refill = None
+            if record.param.grad is None:
+                continue
+            if record.old is UNCONFIRMED:  # untouched since the last step: reused?
+                record.old, record.checks = True, [summary(record.param.grad)]
+            if record.old is True or record.mixed is not None:
+                candidates.append(record)
+            overfull = overfull or (k is not None and record.accs > k)
+        if candidates or self._lost or overfull:  # else nothing to judge: no read, no work
+            self._report(step=self.steps + 1, after_last=False, candidates=candidates, used=used)
+
     def _after_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if self._broken:
             return None
         try:
-            self.steps += 1
-            self._in_closure = False
-            for record in self._records.values():
-                self._consumed(record)
+            try:
+                # a step with a closure (L-BFGS, Lightning): what did it use? Unless it stepped another
+                # optimizer inside (SAM's step(closure) steps its base optimizer, which used them)
+                if self._in_closure and self._foreign_steps == self._foreign_before:
+                    self._judge_step(used=True)
+            finally:
+                self.steps += 1
+                self._in_closure = False
+                for record in self._records.values():
+                    self._consumed(record)
         except ZeroGradWarning:
             raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
         except Exception as error:  # a bug of the guard's own: it stops, never the loop
@@ -443,8 +453,8 @@ class ZeroGradGuard:
         return self._moved[1]
 
     # -- verdicts (utils/guard/verdicts.py) -------------------------------------------------
-    def _report(self, *, step: int, after_last: bool, candidates: list[Record]) -> None:
-        verdicts.judge(self, step=step, after_last=after_last, candidates=candidates)
+    def _report(self, *, step: int, after_last: bool, candidates: list[Record], used: bool = False) -> None:
+        verdicts.judge(self, step=step, after_last=after_last, candidates=candidates, used=used)
 
 
 __all__ = ["ZeroGradGuard", "ZeroGradWarning"]

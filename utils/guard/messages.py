@@ -72,7 +72,7 @@ def _overfull(records: list[Record], total: int, step: int, k: int) -> tuple[str
 
 
 def stale(groups: dict[str, list[Record]], total: int, step: int, k: int | None, *,
-          skipped_again: bool = False) -> str:
+          skipped_again: bool = False, used: bool = False) -> str:
     """One message for a step that would use contributions that are not its own, by reason."""
     parts = []
     for reason, records in groups.items():
@@ -86,8 +86,8 @@ def stale(groups: dict[str, list[Record]], total: int, step: int, k: int | None,
     if skipped_again:
         return (f"step {step}: the GradScaler skipped optimizer.step() again, and .grad still holds {what}, "
                 f"in {listing(records, total)}.{why}")
-    text = (f"step {step}: optimizer.step() is about to use .grad that still holds {what}, "
-            f"in {listing(records, total)}.{why}")
+    uses = "(with a closure) used .grad that held" if used else "is about to use .grad that still holds"
+    text = f"step {step}: optimizer.step() {uses} {what}, in {listing(records, total)}.{why}"
     for what, records, why in parts[1:]:
         text += f" It also holds {what}, in {listing(records, total)}.{why}"
     return text

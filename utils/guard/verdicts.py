@@ -21,7 +21,7 @@ from utils.guard.record import Lost, Record
 from utils.guard.sites import Stack, intended, stack
 
 
-def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record]) -> None:
+def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record], used: bool = False) -> None:
     """Warn about step `step` of `guard` (or about what came after its last step, `after_last`)."""
     records = list(guard._records.values())
     lost, guard._lost = guard._lost, []
@@ -50,7 +50,7 @@ def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record]) 
     k = guard.gradient_accumulation_steps
     if k is not None and any(r.accs > k for r in records):
         groups["overfull"] = [r for r in records if r.accs > k]
-    _warn_stale(guard, groups, len(records), step)
+    _warn_stale(guard, groups, len(records), step, used=used)
 
 
 def judge_skipped(guard: Any, *, step: int, flagged: list[Record]) -> None:
@@ -59,12 +59,12 @@ def judge_skipped(guard: Any, *, step: int, flagged: list[Record]) -> None:
 
 
 def _warn_stale(guard: Any, groups: dict[str, list[Record]], total: int, step: int,
-                skipped_again: bool = False) -> None:
+                skipped_again: bool = False, used: bool = False) -> None:
     frames = stack() if groups else ()
     if groups and not intended(frames):
         flagged = sorted({r.index: r for g in groups.values() for r in g}.values(), key=lambda r: r.index)
         message = messages.stale(groups, total, step, guard.gradient_accumulation_steps,
-                                 skipped_again=skipped_again)
+                                 skipped_again=skipped_again, used=used)
         emit(guard, make_finding(step, StaleGradientWarning, [r.name for r in flagged], message, frames), frames)
 
 
