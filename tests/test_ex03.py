@@ -1,13 +1,15 @@
 """utils.ex03: the checks of notebook 03 accept right answers, enforce "by hand, no optimizer,
 no .data", and explain wrong ones without giving the answer away."""
 
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from utils import ex03
-from utils.exercises import NOT_YET, RIGHT, reset_tries
+from utils.exercises import NOT_YET, RIGHT, reset_tries, tries
 
 
 def said(capsys):
@@ -18,8 +20,10 @@ def said(capsys):
 @pytest.fixture(autouse=True)
 def fresh_tries():
     reset_tries()
+    backward = torch.autograd.backward
     yield
     assert "data" not in torch.Tensor.__dict__  # the .data spy is always removed
+    assert torch.autograd.backward is backward  # and the backward() spy
 
 
 # ---- exercise 1 ---------------------------------------------------------------------------------------------------
@@ -335,3 +339,160 @@ def test_the_checks_use_their_own_constants_so_a_copied_one_fails(capsys):
     assert not ex03.check_manual_loop(train_manually_with_the_notebooks_lr)
     assert not ex03.check_momentum_by_hand(train_with_the_usual_momentum)
     assert RIGHT not in said(capsys)
+
+
+# ---- review: what a learner really writes ---------------------------------------------------------------------------
+def train_with_momentum_in_grad(W, b, X, y, lr, momentum, num_steps):  # SGD's numbers, the history in .grad
+    for _ in range(num_steps):
+        with torch.no_grad():
+            for p in (W, b):
+                if p.grad is not None:
+                    p.grad *= momentum  # the old gradients decay; backward() adds the new one
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            W -= lr * W.grad
+            b -= lr * b.grad
+
+
+def train_with_momentum_lr_inside_the_buffer(W, b, X, y, lr, momentum, num_steps):  # also right (lr constant)
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            for p, buffer in zip((W, b), buffers):
+                buffer.mul_(momentum).add_(lr * p.grad)
+                p -= buffer
+            W.grad.zero_()
+            b.grad.zero_()
+
+
+def test_exercise_3_refuses_the_history_kept_in_grad_though_the_numbers_match(capsys):
+    assert not ex03.check_momentum_by_hand(train_with_momentum_in_grad)
+    out = said(capsys)
+    assert RIGHT not in out and "the history lived in .grad" in out and "W.grad and b.grad" in out
+    assert "where does the task ask it to live?" in out and "expected:" not in out
+    assert ex03.check_momentum_by_hand(train_with_momentum)  # buffers of one's own, .grad cleared: right
+    assert ex03.check_momentum_by_hand(train_with_momentum_lr_inside_the_buffer)  # .grad zeroed: right
+    assert said(capsys).count(RIGHT) == 2
+
+
+@pytest.mark.parametrize(
+    "check, wrong, named",
+    [
+        (ex03.check_manual_loop, train_manually_with_the_notebooks_lr, "uses lr = 0.1"),
+        (ex03.check_manual_loop, lambda W, b, X, y, lr, num_steps: train_manually(W, b, X, y, lr, 20),
+         "uses num_steps = 20"),
+        (ex03.check_momentum_by_hand, train_with_the_usual_momentum, "uses momentum = 0.9"),
+        (ex03.check_momentum_by_hand,
+         lambda W, b, X, y, lr, momentum, num_steps: train_with_momentum(W, b, X, y, 0.1, 0.9, num_steps),
+         "uses lr = 0.1 and momentum = 0.9"),
+    ],
+)
+def test_a_constant_copied_from_the_notebook_is_named(capsys, check, wrong, named):
+    assert not check(wrong)
+    out = said(capsys)
+    assert named in out and "use its arguments" in out and "expected:" not in out
+
+
+def train_manually_clearing_before_the_update(W, b, X, y, lr, num_steps):
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        W.grad, b.grad = None, None
+        with torch.no_grad():
+            W -= lr * W.grad
+            b -= lr * b.grad
+
+
+def train_manually_forgetting_b(W, b, X, y, lr, num_steps):
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            W -= lr * W.grad
+        W.grad, b.grad = None, None
+
+
+def train_manually_uphill(W, b, X, y, lr, num_steps):
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            W += lr * W.grad
+            b += lr * b.grad
+        W.grad, b.grad = None, None
+
+
+def train_manually_on_copies(W, b, X, y, lr, num_steps):
+    W, b = W.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    train_manually(W, b, X, y, lr, num_steps)
+    return W, b
+
+
+def train_manually_clearing_w_only(W, b, X, y, lr, num_steps):
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            W -= lr * W.grad
+            b -= lr * b.grad
+        W.grad = None
+
+
+def train_with_a_buffer_made_every_step(W, b, X, y, lr, momentum, num_steps):
+    for _ in range(num_steps):
+        buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+        ((X @ W + b - y) ** 2).mean().backward()
+        with torch.no_grad():
+            for p, buffer in zip((W, b), buffers):
+                buffer.mul_(momentum).add_(p.grad)
+                p -= lr * buffer
+        W.grad, b.grad = None, None
+
+
+@pytest.mark.parametrize(
+    "check, wrong, named, not_said",
+    [
+        (ex03.check_manual_loop, train_manually_clearing_before_the_update, "between backward() and the update",
+         "not a leaf"),
+        (ex03.check_manual_loop, train_manually_forgetting_b, "b never moved", "section 1's loop"),
+        (ex03.check_manual_loop, train_manually_uphill, "moved uphill", "section 1's loop"),
+        (ex03.check_manual_loop, train_manually_on_copies, "copies of W and b", "replace the ..."),
+        (ex03.check_manual_loop, train_manually_clearing_w_only, "b.grad still held an earlier gradient",
+         "W.grad still"),
+        (ex03.check_momentum_by_hand, train_with_a_buffer_made_every_step, "starts afresh every step",
+         "buffer = momentum"),
+    ],
+)
+def test_wrong_loops_a_learner_writes_get_their_own_named_mistake(capsys, check, wrong, named, not_said):
+    assert not check(wrong)
+    out = said(capsys)
+    assert named in out and not_said not in out and RIGHT not in out and "expected:" not in out
+
+
+def test_exercise_3_the_last_hint_asks_without_spelling_the_update_out(capsys):
+    def nesterov(W, b, X, y, lr, momentum, num_steps):
+        buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+        for _ in range(num_steps):
+            ((X @ W + b - y) ** 2).mean().backward()
+            with torch.no_grad():
+                for p, buffer in zip((W, b), buffers):
+                    buffer.mul_(momentum).add_(p.grad)
+                    p -= lr * (p.grad + momentum * buffer)
+            W.grad, b.grad = None, None
+
+    for _ in range(3):
+        ex03.check_momentum_by_hand(nesterov)
+    out = said(capsys)
+    assert "work out steps 1 and 2" in out and "part by part" in out
+    assert "buffer = momentum" not in out and "p -= lr" not in out
+
+
+def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
+    """Run All on the lesson as handed out: every check answers its `...`, and no try is counted."""
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "03-manual-descent.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"
+             and "ex03.check_" in "".join(c["source"])]
+    assert len(cells) == 3
+    for source in cells:
+        exec(source, {"ex03": ex03, "torch": torch})
+    out = said(capsys)
+    assert out.count(NOT_YET) == 3 and RIGHT not in out and "answer:" not in out
+    assert [tries(check) for check in (ex03.check_manual_loop, ex03.check_gradient_after_data,
+                                       ex03.check_momentum_by_hand)] == [0, 0, 0]
