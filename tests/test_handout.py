@@ -70,6 +70,20 @@ def test_no_solutions_no_tests_no_outputs(built):
                 assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
 
 
+def folds(path: Path) -> int:
+    return sum(c["cell_type"] == "markdown" and "".join(c["source"]).startswith("<details>\n<summary>")
+               for c in json.loads(path.read_text(encoding="utf-8"))["cells"])
+
+
+def test_every_predict_answer_is_folded_in_the_handout(built):
+    """The hand-out's lessons are the learner copies: each Predict's explanation is folded."""
+    top, _ = built
+    for lesson in LESSONS:
+        questions = "".join("".join(c["source"]) for c in json.loads(lesson.read_text(encoding="utf-8"))["cells"]
+                            if c["cell_type"] == "markdown").count("**Predict:**")
+        assert folds(top / "notebooks" / lesson.name) == questions > 0, lesson.name
+
+
 def test_the_solutions_sentence_is_rewritten_not_left_dangling(built):
     top, _ = built
     for lesson in LESSONS:
@@ -156,6 +170,11 @@ def test_setup_makes_utils_importable_from_the_handout_itself(learner_env):
     out = subprocess.run([str(top / ".venv" / "bin" / "python"), "-c", "import utils; print(utils.__file__)"],
                          cwd=top / "workbooks", capture_output=True, text=True, check=True, env=env).stdout
     assert Path(out.strip()).resolve().is_relative_to(top.resolve())
+    for lesson in LESSONS:  # the learner's copies of the folded lessons are folded once, not twice
+        copy, shipped = top / "workbooks" / lesson.name, top / "notebooks" / lesson.name
+        folded = [[c["source"] for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                   if "".join(c["source"]).startswith("<details>")] for path in (copy, shipped)]
+        assert folded[0] == folded[1] and len(folded[0]) == folds(shipped) > 0, lesson.name
 
 
 def test_a_lesson_runs_headless_in_the_learners_copy(learner_env, tmp_path):

@@ -1,4 +1,5 @@
-"""utils.workbooks: learner copies without outputs, never overwritten once worked in; `make lab`.
+"""utils.workbooks: learner copies without outputs and with every Predict answer folded, never
+overwritten once worked in; `make lab`.
 
 Each test works on a copy of the course in a temporary folder, never on the repository's own
 workbooks/.
@@ -11,12 +12,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from utils import workbooks
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = workbooks.lessons(ROOT)
+PREDICT = "**Predict:**"
 
 
 @pytest.fixture
@@ -59,20 +65,158 @@ def test_there_are_lessons():
     assert not any("solutions" in p.parts for p in LESSONS)
 
 
+def text(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def answer_in(cell: dict) -> str | None:
+    """The Markdown folded in a copy's cell, read from its HTML independently of utils.workbooks,
+    or None if the cell is not folded."""
+    m = re.fullmatch(r"<details>\n<summary>([^<\n]+)</summary>\n\n(.*)\n\n</details>", text(cell), re.S)
+    return m.group(2) if cell["cell_type"] == "markdown" and m else None
+
+
+def align(original: list[dict], copy: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """Pair each cell of a lesson with its cell(s) in the copy: the same cell, a folded answer,
+    or a folded answer and the rest of its cell split off after it (a heading, the next
+    Predict). Fails where the copy holds anything else."""
+    def text(cell: dict) -> str:  # links out of workbooks/ to solutions/ are repointed
+        return re.sub(r"\.\./notebooks/(?=solutions/)", "", "".join(cell["source"]))
+
+    pairs, m = [], 0
+    for cell in original:
+        assert m < len(copy), f"the copy ends before the lesson's cell {text(cell)[:60]!r}"
+        answer = answer_in(copy[m])
+        if answer is None or text(cell) == text(copy[m]):
+            pairs.append((cell, copy[m:m + 1]))
+            m += 1
+        elif text(cell).rstrip() == answer:
+            pairs.append((cell, copy[m:m + 1]))
+            m += 1
+        else:
+            assert text(cell).startswith(answer), f"a fold holds what its cell did not: {answer[:80]!r}"
+            rest = text(cell)[len(answer):].lstrip("\n")
+            assert m + 1 < len(copy) and text(copy[m + 1]) == rest, f"the rest of {answer[:60]!r} is lost"
+            pairs.append((cell, copy[m:m + 2]))
+            m += 2
+    assert m == len(copy), f"the copy has cells its lesson has not: {[text(c)[:60] for c in copy[m:]]}"
+    return pairs
+
+
 def test_every_lesson_gets_a_copy_without_outputs_tags_kept(course):
+    """Nothing else changes: every cell is there, in order, with its type, tags and id; code
+    loses only its outputs, counts and nbval's markers; Markdown only its folds."""
     report = workbooks.make(course, quiet=True)
     for lesson in workbooks.lessons(course):
         assert report[lesson.name] == "made"
         original, copy = load(lesson), load(course / "workbooks" / lesson.name)
-        assert len(copy["cells"]) == len(original["cells"])
-        for a, b in zip(original["cells"], copy["cells"]):
-            assert a["cell_type"] == b["cell_type"]
+        ids = [c["id"] for c in copy["cells"]]
+        assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", i) for i in ids)
+        for a, bs in align(original["cells"], copy["cells"]):
+            b = bs[0]
+            assert a["cell_type"] == b["cell_type"] and a.get("id") == b.get("id")
             assert a.get("metadata", {}).get("tags") == b.get("metadata", {}).get("tags")
             if b["cell_type"] == "code":
                 assert b["outputs"] == [] and b["execution_count"] is None
-                kept = [line for line in "".join(a["source"]).splitlines() if not line.startswith("# NBVAL_")]
-                assert "".join(b["source"]).splitlines() == kept
+                kept = [line for line in text(a).splitlines() if not line.startswith("# NBVAL_")]
+                assert text(b).splitlines() == kept
+            elif answer_in(b) is None:
+                assert text(b) == text(a).replace("solutions/", "../notebooks/solutions/")
+            for extra in bs[1:]:
+                assert extra["cell_type"] == "markdown" and extra["metadata"] == {}
         assert copy["metadata"].get("kernelspec") == original["metadata"].get("kernelspec")
+
+
+def predict_pairs(cells: list[dict]) -> list[tuple[int, int]]:
+    """(index of a Markdown cell holding a Predict question, index of the Markdown cell after
+    the code cells that follow it)."""
+    pairs = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] == "markdown" and PREDICT in text(cell):
+            j = i + 1
+            while j < len(cells) and cells[j]["cell_type"] == "code":
+                j += 1
+            if j > i + 1 and j < len(cells):
+                pairs.append((i, j))
+    return pairs
+
+
+@pytest.mark.parametrize("lesson", LESSONS, ids=[p.name[:2] for p in LESSONS])
+def test_every_predict_answer_is_folded_in_the_copy(lesson):
+    """Each "**Predict:**" of the lesson is followed, in the copy, by its code and then a fold
+    that says how to open it and holds the explanation, nothing of the next section."""
+    original = load(lesson)["cells"]
+    copy = workbooks.cleared(load(lesson))["cells"]
+    questions = sum(text(c).count(PREDICT) for c in original if c["cell_type"] == "markdown")
+    pairs = predict_pairs(copy)
+    assert questions >= 3 and len(pairs) == questions, f"{len(pairs)} pairs for {questions} questions"
+    for i, j in pairs:
+        answer = answer_in(copy[j])
+        assert answer is not None, f"not folded: {text(copy[j])[:80]!r}"
+        assert not any(re.match(r" {0,3}#{1,6}\s", line) for line in answer.splitlines()), answer[:80]
+        assert PREDICT not in answer and answer.strip()
+        summary = re.search(r"<summary>(.*)</summary>", text(copy[j])).group(1)
+        assert summary == ("Run the cell above, then click here to read what it shows." if j - i == 2 else
+                           "Run the cells above, then click here to read what they show.")
+    folds = [c for c in copy if answer_in(c) is not None]
+    assert len(folds) == len(pairs), "a fold where no Predict asked"
+
+
+def test_the_fold_is_split_so_that_the_next_heading_and_question_stay_visible():
+    """Lesson 02, section 1: the answer's cell goes on with section 2's heading; 05 with a ###
+    heading; 06 with the next question in the same cell, no heading between."""
+    cases = [("02", "With `zero_grad()` the loss falls", "## 2. A two-line diagnostic"),
+             ("05", "Clipped on every step", "### The learning-rate scheduler"),
+             ("06", "`unscale_` records, per optimizer", "And `scaler.update()`? **Predict:**")]
+    for number, answer_start, rest_start in cases:
+        lesson = next(p for p in LESSONS if p.name.startswith(number))
+        copy = workbooks.cleared(load(lesson))["cells"]
+        k = next(k for k, c in enumerate(copy) if (answer_in(c) or "").startswith(answer_start))
+        assert text(copy[k + 1]).startswith(rest_start) and answer_in(copy[k + 1]) is None
+        assert rest_start.split()[0] not in answer_in(copy[k])
+    splits = 0
+    for lesson in LESSONS:
+        for a, bs in align(load(lesson)["cells"], workbooks.cleared(load(lesson))["cells"]):
+            if len(bs) == 2:
+                splits += 1
+                first = text(bs[1]).split("\n\n")[0]
+                assert re.match(r"#{2,3} ", first) or PREDICT in first, first[:80]
+    assert splits >= len(cases)
+
+
+def test_folding_twice_changes_nothing():
+    """`make handout` ships folded lessons, and a learner's `make workbooks` copies them again."""
+    for lesson in LESSONS:
+        once = workbooks.cleared(load(lesson))
+        assert workbooks.cleared(json.loads(json.dumps(once)), depth="") == once
+
+
+markdown_line = st.one_of(
+    st.sampled_from(["", "", "## A heading", "### A sub-heading", "**Predict:** what now?",
+                     "Why: it adds.", "```", "# in a fence?", "- a list item"]),
+    st.text(alphabet="ab #*`$\n", max_size=12))
+cell = st.one_of(
+    st.builds(lambda lines: {"cell_type": "markdown", "metadata": {}, "source": "\n".join(lines)},
+              st.lists(markdown_line, max_size=6)),
+    st.builds(lambda: {"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": [],
+                       "execution_count": None}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(cell, max_size=10))
+def test_folding_any_notebook_loses_nothing_and_is_stable(cells):
+    """Whatever the Markdown: every fold follows a Predict's code, unfolded with what was split
+    off it gives the cell back, and folding again changes nothing."""
+    for k, c in enumerate(cells):
+        c["id"] = f"c{k}-next" if k % 3 == 2 else f"c{k}"  # ids a split could want
+    original = json.loads(json.dumps({"cells": cells}))
+    once = workbooks.hide_answers(json.loads(json.dumps(original)))
+    align(original["cells"], once["cells"])
+    for i, j in predict_pairs(once["cells"]):
+        assert answer_in(once["cells"][j]) is not None or not workbooks.split_answer(text(once["cells"][j]))[0]
+    assert workbooks.hide_answers(json.loads(json.dumps(once))) == once
+    ids = [c["id"] for c in once["cells"]]
+    assert len(set(ids)) == len(ids)
 
 
 def test_predict_cells_show_nothing_before_they_run(course):
@@ -138,6 +282,45 @@ def test_an_untouched_copy_follows_its_lesson(course):
     change_lesson(lesson)
     assert workbooks.make(course, quiet=True)[lesson.name] == "updated (you had not changed it)"
     assert "A new paragraph." in "".join(load(copy)["cells"][-1]["source"])
+
+
+def test_opening_the_folds_and_saving_leaves_a_copy_untouched(course):
+    """A fold opens in the browser only: what JupyterLab saves after a learner read every answer
+    (cells re-rendered, metadata it adds) is not work, and the copy still follows its lesson."""
+    workbooks.make(course, quiet=True)
+    lesson = first_lesson(course)
+    copy = course / "workbooks" / lesson.name
+    nb = load(copy)
+    for c in nb["cells"]:
+        if answer_in(c) is not None:
+            c["metadata"]["jupyter"] = {"source_hidden": False}
+            c["source"] = text(c)  # a string, as some front ends write it
+    copy.write_text(json.dumps(nb, indent=2))
+    assert workbooks.make(course, quiet=True)[lesson.name] == "up to date"
+    change_lesson(lesson)
+    assert workbooks.make(course, quiet=True)[lesson.name] == "updated (you had not changed it)"
+
+
+def test_an_untouched_copy_made_before_folding_gets_the_folds(course):
+    """A learner who ran `make workbooks` before answers were folded, and has not worked in a
+    copy since, gets the folded copy; a copy worked in stays as it is."""
+    folder = course / "workbooks"
+    folder.mkdir()
+    record = {}
+    for lesson in workbooks.lessons(course)[:2]:
+        old = workbooks.cleared(load(lesson))
+        for c in old["cells"]:  # unfold, as copies were made before
+            if (answer := answer_in(c)) is not None:
+                c["source"] = answer
+        workbooks.write_notebook(old, folder / lesson.name)
+        record[lesson.name] = {"from": f"notebooks/{lesson.name}", "fingerprint": workbooks.fingerprint(old)}
+    (folder / workbooks.RECORD).write_text(json.dumps(record))
+    a, b = workbooks.lessons(course)[:2]
+    work_in(folder / b.name)
+    report = workbooks.make(course, quiet=True)
+    assert report[a.name] == "updated (you had not changed it)"
+    assert any(answer_in(c) is not None for c in load(folder / a.name)["cells"])
+    assert report[b.name].startswith("kept: you have worked in it")
 
 
 def test_a_copy_without_a_record_counts_as_worked_in_unless_it_is_fresh(course):

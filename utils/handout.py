@@ -1,7 +1,8 @@
 """`make handout`: build/zero-grad-course-handout.zip, the course as a class receives it.
 
-What is in it: the lessons without outputs (so no "Predict" answer shows before its cell runs)
-and the files beside them, `utils/` (the checks give feedback, with hints before answers),
+What is in it: the lessons as `make workbooks` copies them, without outputs and with the
+explanation under each "Predict" folded (so no answer shows before its cell runs; one click
+opens it), and the files beside them, `utils/` (the checks give feedback, with hints before answers),
 `requirements.txt`, `pyproject.toml`, a Makefile with the learner's commands only, and a README
 for learners saying how to start. What is not: the solutions, and every sentence of a lesson
 that points at them; the tests (they hold worked solutions) and the benchmarks; Binder and CI.
@@ -138,7 +139,8 @@ python3 -m venv .venv
 
 - Work in `workbooks/`: those copies are yours. `notebooks/` keeps the lessons as handed out.
 - Read top to bottom. Where a lesson asks you to **predict**, write your guess down first,
-  then run the cell.
+  then run the cell. What the cell shows is explained right under it, folded: click
+  "▶ Run the cell above, then click here to read what it shows." to open it.
 - A few cells fail on purpose, to show an error before its fix: they say so.
 - Exercises: each check prints ✔ or ✘ with a hint about what is wrong. After three tries it
   shows the answer; add `reveal=True` to the check call to see it sooner.

@@ -2,10 +2,18 @@
 
 The tracked notebooks in notebooks/ keep their outputs: they are the reference that strict nbval
 checks and that a reader sees on the repository's web page. A learner works in a copy, in
-workbooks/ (git-ignored), made with every output and execution count cleared, so that no
-"Predict" answer is on screen before its cell runs and using the course leaves `git status`
-clean. Files beside the lessons that are not notebooks (a training script, a data folder) are
-copied along; solutions/ is not.
+workbooks/ (git-ignored), made with every output and execution count cleared, and with the
+answer to every "Predict" folded away, so that no answer is on screen before its cell runs;
+using the course leaves `git status` clean. Files beside the lessons that are not notebooks (a
+training script, a data folder) are copied along; solutions/ is not.
+
+A Predict pair is a Markdown cell holding "**Predict:**", the code cell(s) right after it, and
+the Markdown cell after those, which explains what the code shows. In the copy that
+explanation is folded into an HTML disclosure (`<details>`), which JupyterLab renders as one
+line, "▶ Run the cell above, then click here to read what it shows."; one click unfolds it.
+Only the explanation is folded: where that cell goes on with a heading (the next section) or
+with the next "**Predict:**" paragraph, it is split there and the rest stays visible as a cell
+of its own. Unfolding is not saved in the notebook, so it leaves a copy untouched.
 
 A copy the learner has worked in is never overwritten. workbooks/.handed-out.json records a
 fingerprint of each copy as handed out (cell types, sources, outputs, execution counts); a copy
@@ -43,6 +51,14 @@ SKIP = {"solutions", "__pycache__", ".ipynb_checkpoints"}
 LAB_SETTINGS = {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False}}
 NBVAL_MARK = re.compile(r"^[ \t]*# NBVAL_[A-Z_]+[ \t]*\n", re.M)
 VOLATILE_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
+PREDICT = "**Predict:**"
+# What a folded answer shows before it is opened: nothing of the answer, only how to see it.
+SUMMARY = {1: "Run the cell above, then click here to read what it shows.",
+           2: "Run the cells above, then click here to read what they show."}
+FOLD_OPEN = "<details>\n<summary>"
+FOLD_CLOSE = "</details>"
+HEADING = re.compile(r"^ {0,3}#{1,6}(\s|$)")
+FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
 
 def lessons(root: Path = ROOT) -> list[Path]:
@@ -73,9 +89,96 @@ def _markdown_source(text: str, depth: str, local: set[str]) -> str:
     return re.sub(r"`(solutions/[^`]+)`", lambda m: f"`{fix(m.group(1))}`", text)
 
 
+def _text(source: Any) -> str:
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def split_answer(text: str) -> tuple[str, str]:
+    """Split the Markdown after a Predict pair into (the answer, what follows it).
+
+    The answer ends before the first heading (the next section) or before the paragraph that
+    holds the next "**Predict:**" question, whichever comes first; fenced code is not looked
+    into. What follows starts at that line ("" if nothing does); the answer loses its trailing
+    blank lines.
+    """
+    lines = text.splitlines(keepends=True)
+    fenced, paragraph = False, 0
+    for k, line in enumerate(lines):
+        if FENCE.match(line):
+            fenced = not fenced
+        if fenced or FENCE.match(line):
+            continue
+        if not line.strip():
+            paragraph = k + 1
+        elif HEADING.match(line):
+            return "".join(lines[:k]).rstrip(), "".join(lines[k:])
+        elif PREDICT in line:
+            return "".join(lines[:paragraph]).rstrip(), "".join(lines[paragraph:])
+    return text.rstrip(), ""
+
+
+def fold(answer: str, code_cells: int = 1) -> str:
+    """The answer as a closed disclosure: one line says how to see it, one click opens it.
+    (The blank lines let Markdown inside the HTML block render as Markdown.)"""
+    return f"{FOLD_OPEN}{SUMMARY[min(code_cells, 2)]}</summary>\n\n{answer}\n\n{FOLD_CLOSE}"
+
+
+def unfold(text: str) -> str | None:
+    """The answer inside a folded cell's source, or None if the source is not one."""
+    if not (text.startswith(FOLD_OPEN) and text.rstrip().endswith(FOLD_CLOSE)):
+        return None
+    inner = text.split("</summary>", 1)[1]
+    return inner[:inner.rstrip().rindex(FOLD_CLOSE)].strip("\n")
+
+
+def _new_id(cell: dict[str, Any], taken: set[str]) -> str | None:
+    """An id for the cell split off `cell`: nbformat 4.5 ids are unique, [A-Za-z0-9_-]{1,64}."""
+    if "id" not in cell:
+        return None
+    base, n = f"{cell['id'][:56]}-next", 1
+    found = base
+    while found in taken:
+        n += 1
+        found = f"{base}{n}"
+    taken.add(found)
+    return found
+
+
+def hide_answers(notebook: dict[str, Any]) -> dict[str, Any]:
+    """Fold the answer of every Predict pair (see the module's docstring); in place, and returns
+    the notebook. Folding a notebook already folded changes nothing."""
+    cells = notebook.get("cells", [])
+    taken = {c["id"] for c in cells if "id" in c}
+    i = 0
+    while i < len(cells):
+        cell = cells[i]
+        i += 1
+        if cell.get("cell_type") != "markdown" or PREDICT not in _text(cell.get("source", "")):
+            continue
+        j = i
+        while j < len(cells) and cells[j].get("cell_type") == "code":
+            j += 1
+        if j == i or j == len(cells) or cells[j].get("cell_type") != "markdown":
+            continue  # no code, or no explanation after it
+        text = _text(cells[j].get("source", ""))
+        answer, rest = split_answer(text)
+        if unfold(text) is not None or not answer.strip():
+            i = j  # folded already, or no answer before the next heading or question: look at it
+            continue
+        cells[j]["source"] = fold(answer, j - i).splitlines(keepends=True)
+        if rest:
+            after = {"cell_type": "markdown", "metadata": {}, "source": rest.splitlines(keepends=True)}
+            if (new := _new_id(cells[j], taken)) is not None:
+                after["id"] = new
+            cells.insert(j + 1, after)
+        i = j + 1  # the rest, which may hold the next Predict
+    return notebook
+
+
 def cleared(notebook: dict[str, Any], *, depth: str = "../", local: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """A copy of a notebook with outputs and execution counts cleared, tags kept, and nbval's
-    marker comments (`# NBVAL_IGNORE_OUTPUT`) taken out of the code.
+    """A copy of a notebook with outputs and execution counts cleared, tags kept, nbval's
+    marker comments (`# NBVAL_IGNORE_OUTPUT`) taken out of the code, and the answer of every
+    Predict pair folded (`hide_answers`).
 
     With `depth`, relative links in Markdown that leave the copies' folder (`solutions/...`)
     are pointed back at notebooks/ from a folder `depth` below the root; `local` names the
@@ -94,15 +197,12 @@ def cleared(notebook: dict[str, Any], *, depth: str = "../", local: frozenset[st
         elif cell.get("cell_type") == "markdown" and depth:
             source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
             cell["source"] = _markdown_source(source, depth, set(local)).splitlines(keepends=True)
-    return nb
+    return hide_answers(nb)
 
 
 def fingerprint(notebook: dict[str, Any]) -> str:
     """What a learner changes by working: cell types, sources, outputs, execution counts."""
-    def text(source: Any) -> str:
-        return "".join(source) if isinstance(source, list) else str(source)
-
-    cells = [[c.get("cell_type"), text(c.get("source", "")), c.get("outputs", []), c.get("execution_count")]
+    cells = [[c.get("cell_type"), _text(c.get("source", "")), c.get("outputs", []), c.get("execution_count")]
              for c in notebook.get("cells", [])]
     return hashlib.sha256(json.dumps(cells, sort_keys=True).encode()).hexdigest()
 
