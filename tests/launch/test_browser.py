@@ -2,9 +2,10 @@
 `make lab` makes, opened and run in Chromium.
 
 For each lesson (found by glob, so a new lesson is covered when it lands): its copy opens with
-no output anywhere, so no "Predict" answer is on screen before its cell runs; after Run All
-every cell ran once, in order, and only cells tagged `raises-exception` show errors (each of
-them does). JupyterLab runs on 127.0.0.1 with a token, over a temporary copy of the course
+no output anywhere and every Predict's explanation folded, so no "Predict" answer is on screen
+before its cell runs (not one phrase of any explanation is in the page's visible text); after
+Run All every cell ran once, in order, and only cells tagged `raises-exception` show errors
+(each of them does); the explanations are still folded, and one click on each fold shows it. JupyterLab runs on 127.0.0.1 with a token, over a temporary copy of the course
 made by utils.workbooks (the repository is never touched), with the settings `make lab` writes
 (no "Jupyter news?" pop-up). Chromium is Debian's, driven by Playwright; screenshots go to
 build/screenshots/. Server and kernels are stopped by process group whatever happens.
@@ -12,6 +13,7 @@ build/screenshots/. Server and kernels are stopped by process group whatever hap
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -54,7 +56,8 @@ def request(url: str, method: str = "GET") -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A running JupyterLab over a copy of the course with its workbooks: yields (base_url, token)."""
+    """A running JupyterLab over a copy of the course with its workbooks: yields (base_url, token,
+    the copy's folder)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's package with `apt-get install chromium`")
     tmp = tmp_path_factory.mktemp("lab")
@@ -89,7 +92,7 @@ def lab(tmp_path_factory):
             time.sleep(0.5)
         else:
             pytest.fail("JupyterLab did not answer within 60 s")
-        yield base, token
+        yield base, token, root
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the kernels it started
         try:
@@ -111,14 +114,14 @@ def browser():
 
 
 def test_server_refuses_requests_without_the_token(lab):
-    base, token = lab
+    base, token, _ = lab
     assert request(f"{base}/api/contents")[0] == 403
     assert request(f"{base}/api/contents?token={token}")[0] == 200
 
 
 def test_no_jupyter_news_question(lab):
     """`make lab`'s settings reach JupyterLab: news are never fetched, so it never asks."""
-    base, token = lab
+    base, token, _ = lab
     status, body = request(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification?token={token}")
     assert status == 200
     plugin = json.loads(body)
@@ -152,6 +155,43 @@ SETTLED_JS = f"""() => {{
 }}"""
 
 
+VISIBLE_TEXT_JS = """() => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook')
+  .innerText.replace(/\\s+/g, ' ')"""
+# Every rendered Markdown cell: how many <details> it shows, open or not, and its visible text.
+MARKDOWN_JS = """() => {
+  const panel = window.jupyterapp.shell.currentWidget;
+  const cells = {};
+  panel.content.widgets.forEach((widget, i) => {
+    if (widget.model.type !== 'markdown') return;
+    const rendered = widget.node.querySelector('.jp-RenderedMarkdown');
+    const details = widget.node.querySelectorAll('.jp-RenderedMarkdown details');
+    cells[i] = {rendered: !!rendered && rendered.childElementCount > 0, details: details.length,
+                open: [...details].some(d => d.open), summary: details[0]?.querySelector('summary')?.innerText,
+                text: (rendered?.innerText || '').replace(/\\s+/g, ' ')};
+  });
+  return cells;
+}"""
+
+
+def folded_answers(copy: Path) -> dict[int, str]:
+    """Cell index -> a phrase of the explanation folded there, read from the copy's file: the
+    longest run of plain words on one line (no code, math or markup around it, so the page
+    shows it as written) that no other cell of the copy holds."""
+    cells = json.loads(copy.read_text(encoding="utf-8"))["cells"]
+    sources = ["".join(c["source"]) for c in cells]
+    found = {}
+    for i, source in enumerate(sources):
+        m = re.fullmatch(r"<details>\n<summary>[^<]+</summary>\n\n(.*)\n\n</details>", source, re.S)
+        if cells[i]["cell_type"] != "markdown" or not m:
+            continue
+        runs = [run.strip(" ,.;:'\"-") for line in m.group(1).splitlines() for run in re.split(r"[`*$_\[\]()<>\\|{}^~]", line)]
+        runs = [run for run in runs if len(run.split()) >= 3 and re.fullmatch(r"[\w ,.;:'\"%-]+", run)
+                and not any(run in other for k, other in enumerate(sources) if k != i)]
+        assert runs, f"{copy.name}: no phrase to look for in the fold of cell {i}: {m.group(1)[:80]!r}"
+        found[i] = " ".join(max(runs, key=len).split())
+    return found
+
+
 def open_lesson(page, base: str, token: str, name: str) -> None:
     # ?reset: a fresh workspace, so that only this lesson is open (as on a learner's first visit)
     page.goto(f"{base}/lab/tree/{workbooks.FOLDER}/{name}?reset&token={token}", timeout=60_000)
@@ -168,21 +208,39 @@ def shut_down_kernels(base: str, token: str) -> None:
         request(f"{base}/api/sessions/{session['id']}?token={token}", method="DELETE")
 
 
+def center(page, index: int) -> None:
+    page.evaluate(f"() => document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook "
+                  f".jp-Cell')[{index}].scrollIntoView({{block: 'center'}})")
+
+
+def assert_folded(page, answers: dict[int, str], when: str) -> None:
+    """Every fold is rendered closed, and no phrase of its explanation is on screen: nowhere in
+    the notebook before anything ran (no outputs yet), in the fold's own cell after."""
+    page.wait_for_function(f"() => Object.values(({MARKDOWN_JS})()).every(c => c.rendered)", timeout=60_000)
+    markdown = page.evaluate(MARKDOWN_JS)
+    visible = page.evaluate(VISIBLE_TEXT_JS) if when == "opened" else None
+    for i, phrase in answers.items():
+        cell = markdown[str(i)]
+        assert cell["details"] == 1 and not cell["open"], f"{when}: the explanation in cell {i} is not folded"
+        assert cell["summary"].startswith("Run the cell"), cell["summary"]
+        assert phrase not in (visible or cell["text"]), f"{when}: an explanation is on screen: {phrase!r}"
+
+
 @pytest.mark.parametrize("name", LESSONS)
 def test_the_learners_copy_opens_blank_and_runs_every_cell(lab, browser, name):
-    base, token = lab
+    base, token, root = lab
     SHOTS.mkdir(parents=True, exist_ok=True)
     stem = name[:2]
+    answers = folded_answers(root / workbooks.FOLDER / name)
+    assert len(answers) >= 3, f"{name}: {len(answers)} folded explanations"
     page = browser.new_page(viewport=PROJECTOR)
     try:
         open_lesson(page, base, token, name)
+        assert_folded(page, answers, "opened")
         before = page.evaluate(CELLS_JS)["cells"]
         # Without `make lab`'s settings this question is on screen by now, over the notebook.
         assert page.get_by_text("notified about official Jupyter news").count() == 0, "the news question shows"
-        predict = [c for i, c in enumerate(before) if c["type"] == "code" and any(
-            p["type"] == "markdown" and "Predict" in p["source"] for p in before[max(0, i - 2):i])]
-        if predict:
-            page.locator(".jp-Notebook .jp-Cell").nth(predict[0]["index"]).scroll_into_view_if_needed()
+        center(page, min(answers))  # the first Predict's code, and its folded explanation under it
         page.screenshot(path=str(SHOTS / f"{stem}-opened.png"))
         shown = [c["source"][:60] for c in before if c["outputs"] or c["shown"]]
         assert not shown, f"outputs on screen before anything ran: {shown}"
@@ -201,6 +259,18 @@ def test_the_learners_copy_opens_blank_and_runs_every_cell(lab, browser, name):
         page.wait_for_function(SETTLED_JS, timeout=RUN_ALL_S * 1000)
         after = page.evaluate(CELLS_JS)["cells"]
         page.screenshot(path=str(SHOTS / f"{stem}-ran-all.png"))
+        assert_folded(page, answers, "after Run All")
+
+        # The learner has run the cell: one click on its fold shows the explanation.
+        cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+        for i, phrase in answers.items():
+            cells.nth(i).locator(".jp-RenderedMarkdown summary").click()
+            opened = page.evaluate(MARKDOWN_JS)[str(i)]
+            assert opened["open"] and phrase in opened["text"], f"one click did not show {phrase!r}"
+            if i == min(answers):
+                center(page, i)
+                page.screenshot(path=str(SHOTS / f"{stem}-answer-opened.png"))
+        assert phrase in page.evaluate(VISIBLE_TEXT_JS)
         failing = [c for c in after if "error" in c["outputs"]]
         if failing:
             page.locator(".jp-Notebook .jp-Cell").nth(failing[0]["index"]).scroll_into_view_if_needed()
