@@ -2,11 +2,13 @@
 common wrong ones without giving the answer away."""
 
 import contextlib
+import json
+from pathlib import Path
 
 import pytest
 
 from utils import ex07
-from utils.exercises import reset_tries
+from utils.exercises import NOT_YET, RIGHT, reset_tries, tries
 
 
 @pytest.fixture(autouse=True)
@@ -131,10 +133,10 @@ class BrokenContext:
 @pytest.mark.parametrize(
     "answer, words",
     [
-        (lambda model, m, k: contextlib.nullcontext(), "every micro-batch all-reduces"),
-        (lambda model, m, k: model.no_sync(), "nothing is ever all-reduced"),
-        (lambda model, m, k: model.no_sync() if m > 0 else contextlib.nullcontext(), "sync on the last"),
-        (lambda model, m, k: model.no_sync() if m != 1 else contextlib.nullcontext(), "only the last micro-step"),
+        (lambda model, m, k: contextlib.nullcontext(), "every micro-step all-reduces"),
+        (lambda model, m, k: model.no_sync(), "no micro-step all-reduces"),
+        (lambda model, m, k: model.no_sync() if m > 0 else contextlib.nullcontext(), "but at micro-step 0"),
+        (lambda model, m, k: model.no_sync() if m != 1 else contextlib.nullcontext(), "but at micro-step 1"),
         (lambda model, m, k: model.no_sync, "call it: model.no_sync()"),
         (lambda model, m, k: contextlib.nullcontext, "that is the class nullcontext"),
         (lambda model, m, k: None, "write the body of <lambda>"),
@@ -171,7 +173,7 @@ def test_exercise_3_setting_require_backward_grad_sync_is_seen_as_ddp_sees_it(ca
 
     assert ex07.check_sync_context(by_attribute)
     assert not ex07.check_sync_context(attribute_never_restored)
-    assert "nothing is ever all-reduced" in flat(capsys.readouterr().out)
+    assert "no micro-step all-reduces" in flat(capsys.readouterr().out)
 
 
 def test_exercise_3_a_window_of_one_micro_step_reads_well(capsys):
@@ -191,3 +193,69 @@ def test_exercise_1_a_bool_or_float_is_still_not_an_int(capsys):
     assert not ex07.check_accumulation_steps_for(lambda e, w, t: True)
     assert not ex07.check_accumulation_steps_for(lambda e, w, t: float(e // (w * t)))
     assert "return an int" in flat(capsys.readouterr().out)
+
+
+# ---- review: hints name the mistake, never the condition ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "answer, words",
+    [
+        (lambda model, m, k: contextlib.nullcontext() if m == 1 else model.no_sync(), "but at micro-step 1"),
+        (lambda model, m, k: contextlib.nullcontext() if m >= 2 else model.no_sync(),
+         "2 micro-steps of one window all-reduce"),
+        (lambda model, m, k: model.no_sync() if m == k - 1 else contextlib.nullcontext(),
+         "3 micro-steps of one window all-reduce"),
+        (lambda model, m, k: contextlib.nullcontext() if m == k else model.no_sync(), "no micro-step all-reduces"),
+        (lambda model, m, k: contextlib.nullcontext() if m == 3 else model.no_sync(),
+         "right for windows of 4 micro-steps, not of 1"),
+    ],
+)
+def test_exercise_3_hints_never_give_the_condition(answer, words, capsys):
+    assert not ex07.check_sync_context(answer)
+    out = flat(capsys.readouterr().out)
+    assert words in out and "expected:" not in out
+    for solution in ("gradient_accumulation_steps - 1", "k - 1", "all but the last", "the last micro-batch"):
+        assert solution not in out
+
+
+def test_exercise_3_the_condition_waits_for_the_third_try(capsys):
+    wrong = lambda model, m, k: contextlib.nullcontext() if m == 1 else model.no_sync()  # noqa: E731
+    for _ in range(2):
+        ex07.check_sync_context(wrong)
+    assert "expected:" not in capsys.readouterr().out
+    ex07.check_sync_context(wrong)
+    assert "expected: an all-reduce at micro-step 3 only" in flat(capsys.readouterr().out)
+
+
+def test_exercise_1_a_valueerror_where_the_sizes_fit_is_named(capsys):
+    def inverted(effective_batch_size, world_size, train_batch_size):
+        if effective_batch_size % (world_size * train_batch_size) == 0:
+            raise ValueError("does not fit")
+        return effective_batch_size // (world_size * train_batch_size)
+
+    assert not ex07.check_accumulation_steps_for(inverted)
+    out = flat(capsys.readouterr().out)
+    assert "these sizes fit" in out and "accumulation_steps_for(32, 2, 4) raised" in out
+    assert not ex07.check_accumulation_steps_for(lambda e, w: e)  # another error keeps the general hint
+    out = flat(capsys.readouterr().out)
+    assert "it raised TypeError" in out and "these sizes fit" not in out
+
+
+def test_exercise_2_the_world_size_times_steps_hint_gives_no_ratio(capsys):
+    assert not ex07.check_loss_divisor(32)
+    out = flat(capsys.readouterr().out)
+    assert "divides by world_size twice" in out and "times too small" not in out
+
+
+def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
+    """Run All on the lesson as handed out: every check answers its `...`, and no try is counted."""
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" /
+                           "07-accumulation-across-processes.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"
+             and "ex07.check_" in "".join(c["source"])]
+    assert len(cells) == 3
+    for source in cells:
+        exec(source, {"ex07": ex07})
+    out = flat(capsys.readouterr().out)
+    assert out.count(NOT_YET) == 3 and RIGHT not in out and "answer:" not in out
+    assert [tries(check) for check in (ex07.check_accumulation_steps_for, ex07.check_loss_divisor,
+                                       ex07.check_sync_context)] == [0, 0, 0]

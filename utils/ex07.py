@@ -7,6 +7,7 @@ then prints a verdict. None of them starts processes: they run in the notebook's
 from __future__ import annotations
 
 import operator
+import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -29,7 +30,7 @@ def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
         expected = effective // (world_size * train_batch_size)
         call = f"accumulation_steps_for({effective}, {world_size}, {train_batch_size})"
         ok, result = call_learner_function(accumulation_steps_for, effective, world_size, train_batch_size,
-                                           what=what)
+                                           what=what, errors=_RaisedOnFitting(call))
         if not ok:
             return result
         if _whole_number(result):
@@ -59,6 +60,19 @@ def check_accumulation_steps_for(accumulation_steps_for: Any) -> Verdict:
         if (early := _check_not_fitting(accumulation_steps_for, what, *case)) is not None:
             return early
     return verdict(True, what + ", with a ValueError when no whole number of micro-batches fits")
+
+
+class _RaisedOnFitting:
+    """The hint for a learner's function that raises ValueError where the sizes fit: read while
+    call_learner_function handles the error (the exception being handled says which kind it is)."""
+
+    def __init__(self, call: str) -> None:
+        self.call = call
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        if isinstance(sys.exc_info()[1], ValueError):
+            yield "", (f"these sizes fit: a whole number of micro-batches gives the effective batch, yet "
+                       f"{self.call} raised. When does your condition raise?")
 
 
 def _whole_number(value: Any) -> bool:
@@ -119,7 +133,7 @@ def check_loss_divisor(answer: Any) -> Verdict:
              "processes",
         mistakes=[
             (world_size * steps, f"{world_size * steps} = world_size × steps: DDP already divides the "
-             "all-reduced sum by world_size, so this step would be 4 times too small"),
+             "all-reduced sum by world_size, so your step divides by world_size twice"),
             (world_size, "DDP already averages over the 4 processes; what is left is the sum over "
              "micro-batches that backward() builds on each one"),
             (1, "undivided, each process's .grad is the sum of its micro-batches' gradients, not their "
@@ -196,16 +210,31 @@ def check_sync_context(sync_context: Any) -> Verdict:
             return synced
         expected = [micro_step == steps - 1 for micro_step in range(steps)]
         if synced != expected:
-            got = f"all-reduces at micro-steps {[m for m, s in enumerate(synced) if s]} of 0..{steps - 1}"
-            if all(synced):
-                hint = "every micro-batch all-reduces: run all but the last inside model.no_sync()"
-            elif not any(synced):
-                hint = "nothing is ever all-reduced: the last micro-batch must run outside no_sync()"
-            elif synced[0]:
-                hint = "sync on the last micro-batch, so that its all-reduce carries all of them"
-            else:
-                hint = "only the last micro-step, micro_step == gradient_accumulation_steps - 1, syncs"
+            at = [m for m, s in enumerate(synced) if s]
+            got = f"all-reduces at micro-steps {at} of 0..{steps - 1}"
             micro_steps = "1 micro-step" if steps == 1 else f"{steps} micro-steps"
             return verdict(False, what, wanted=f"one all-reduce per window of {micro_steps}", got=got,
-                           hint=hint, expected=f"an all-reduce at micro-step {steps - 1} only")
+                           hint=_sync_hint(at, steps, right_for_4=steps != 4),
+                           expected=f"an all-reduce at micro-step {steps - 1} only")
     return verdict(True, what + ": no all-reduce for all but the last micro-step of each window")
+
+
+def _sync_hint(at: list[int], steps: int, right_for_4: bool = False) -> str:
+    """What is wrong with all-reducing at micro-steps `at` of a window of `steps`: a question, never the
+    condition that mends it. `right_for_4`: windows of 4 (checked first) were right."""
+    if len(at) == steps and steps > 1:
+        hint = ("every micro-step all-reduces: a window needs one all-reduce, once all its gradients are "
+                "added. Which micro-steps can skip it?")
+    elif not at:
+        hint = ("no micro-step all-reduces, so the processes never share their gradients: one micro-step "
+                "of each window must run outside no_sync(). Which one?")
+    elif len(at) > 1:
+        hint = (f"{len(at)} micro-steps of one window all-reduce: one is enough, if it comes when the "
+                "window's gradients are all added. Which micro-steps does your condition let through?")
+    else:
+        hint = (f"one all-reduce, but at micro-step {at[0]}, before the window's later gradients are added: "
+                "which micro-step adds the last one? (micro_step counts from 0)")
+    if right_for_4:
+        return (f"right for windows of 4 micro-steps, not of {steps}: is a number written into your "
+                f"condition where gradient_accumulation_steps belongs? Here {hint}")
+    return hint
