@@ -1,12 +1,15 @@
 """utils.ex05: the checks of notebook 05 accept right answers, enforce the task, and explain wrong
 ones without giving the answer away."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from utils import ex05
-from utils.exercises import reset_tries
+from utils.exercises import NOT_YET, RIGHT, reset_tries, tries
 
 
 @pytest.fixture(autouse=True)
@@ -195,12 +198,10 @@ def test_exercise_2_mistakes_are_named(mistake, words, capsys):
 
 
 def test_exercise_2_other_wrong_answers_get_a_direction_not_the_solution(capsys):
-    def half_lr(model, loss_fn, optimizer, micro_batches, k):
-        for group in optimizer.param_groups:
-            group["lr"] /= 2
-        window_loop(model, loss_fn, optimizer, micro_batches, k)
+    def half_the_loss(model, loss_fn, optimizer, micro_batches, k):
+        window_loop(model, lambda out, y: loss_fn(out, y) / 2, optimizer, micro_batches, k)
 
-    assert not ex05.check_accumulation_loop(half_lr)
+    assert not ex05.check_accumulation_loop(half_the_loss)
     out = capsys.readouterr().out
     assert "compare each step" in out and "len(window)" not in out and "expected:" not in out
 
@@ -260,3 +261,134 @@ def test_exercise_2_a_loop_must_use_the_sizes_it_is_given(capsys):
     for solution in (window_loop, enumerate_loop):
         assert ex05.check_accumulation_loop(solution)
     assert "of 3, 3 and 1" in " ".join(capsys.readouterr().out.split())
+
+
+# Review: what a learner really writes
+
+
+def split_micro_batches(model, loss_fn, optimizer, micro_batches, k):
+    """Right numbers, but each micro-batch cut in two: two backward() calls where the task says one."""
+    for start in range(0, len(micro_batches), k):
+        window = micro_batches[start:start + k]
+        for X, y in window:
+            for X_half, y_half in zip(X.split(len(X) // 2), y.split(len(y) // 2)):
+                (loss_fn(model(X_half), y_half) / (2 * len(window))).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def backward_twice(model, loss_fn, optimizer, micro_batches, k):
+    """Right numbers (half the loss, twice), but two backward() calls per micro-batch."""
+    for start in range(0, len(micro_batches), k):
+        window = micro_batches[start:start + k]
+        for X, y in window:
+            loss = loss_fn(model(X), y) / (2 * len(window))
+            loss.backward(retain_graph=True)
+            loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def step_when_a_window_starts(model, loss_fn, optimizer, micro_batches, k):
+    for i, (X, y) in enumerate(micro_batches):
+        (loss_fn(model(X), y) / k).backward()
+        if i % k == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def zero_grad_before_step(model, loss_fn, optimizer, micro_batches, k):
+    for start in range(0, len(micro_batches), k):
+        window = micro_batches[start:start + k]
+        for X, y in window:
+            (loss_fn(model(X), y) / len(window)).backward()
+        optimizer.zero_grad()
+        optimizer.step()
+
+
+def hard_coded_window(model, loss_fn, optimizer, micro_batches, gradient_accumulation_steps):
+    for start in range(0, len(micro_batches), 4):
+        window = micro_batches[start:start + 4]
+        for X, y in window:
+            (loss_fn(model(X), y) / len(window)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def hard_coded_divisors(model, loss_fn, optimizer, micro_batches, k):
+    for i, (X, y) in enumerate(micro_batches):
+        (loss_fn(model(X), y) / (2 if i >= 8 else 4)).backward()
+        if (i + 1) % k == 0 or i == len(micro_batches) - 1:
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def hard_coded_count(model, loss_fn, optimizer, micro_batches, k):
+    for i in range(10):
+        X, y = micro_batches[i]
+        (loss_fn(model(X), y) / min(k, 10 - i // k * k)).backward()
+        if (i + 1) % k == 0 or i == 9:
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def skips_the_last_micro_batch(model, loss_fn, optimizer, micro_batches, k):
+    window_loop(model, loss_fn, optimizer, micro_batches[:-1], k)
+
+
+def lr_scaled_and_left_so(model, loss_fn, optimizer, micro_batches, k):
+    """Right numbers with SGD, but the optimizer's lr is left changed for whoever uses it next."""
+    lr = optimizer.param_groups[0]["lr"]
+    for start in range(0, len(micro_batches), k):
+        window = micro_batches[start:start + k]
+        for X, y in window:
+            loss_fn(model(X), y).backward()
+        optimizer.param_groups[0]["lr"] = lr / len(window)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def gradients_divided_before_the_step(model, loss_fn, optimizer, micro_batches, k):  # also right
+    for start in range(0, len(micro_batches), k):
+        window = micro_batches[start:start + k]
+        for X, y in window:
+            loss_fn(model(X), y).backward()
+        for p in model.parameters():
+            p.grad /= len(window)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("mistake, words, not_said", [
+    (split_micro_batches, "one forward pass and one backward(), whole", "use the arguments"),
+    (backward_twice, "20 backward() calls for 10 micro-batches", "use the arguments"),
+    (step_when_a_window_starts, "when does your loop step?", "compare each step"),
+    (zero_grad_before_step, "the parameters never moved", "compare each step"),
+    (hard_coded_window, "use the argument, not the exercise's 4", "(len(micro_batches)"),
+    (hard_coded_divisors, "or by a number written into your loop", "not the numbers 10 and 4"),
+    (hard_coded_count, "here the check passes 7 micro-batches", "read the error"),
+    (skips_the_last_micro_batch, "only 9 of the 10 micro-batches", "adding a window's losses"),
+    (lr_scaled_and_left_so, "lr=0.05 after your epoch", "Right"),
+])
+def test_exercise_2_review_mistakes_are_named(mistake, words, not_said, capsys):
+    assert not ex05.check_accumulation_loop(mistake)
+    out = " ".join(capsys.readouterr().out.split())
+    assert words in out and not_said not in out and "expected:" not in out
+
+
+def test_exercise_2_gradients_divided_before_the_step_are_right(capsys):
+    assert ex05.check_accumulation_loop(gradients_divided_before_the_step)
+
+
+def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
+    """Run All on the lesson as handed out: every check answers its `...`, and no try is counted."""
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" /
+                           "05-gradient-accumulation.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"
+             and "ex05.check_" in "".join(c["source"])]
+    assert len(cells) == 2
+    for source in cells:
+        exec(source, {"ex05": ex05})
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count(NOT_YET) == 2 and RIGHT not in out and "answer:" not in out
+    assert [tries(check) for check in (ex05.check_total_steps, ex05.check_accumulation_loop)] == [0, 0]

@@ -130,8 +130,9 @@ def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
     return all(torch.allclose(x, z, rtol=1e-7, atol=1e-10) for x, z in zip(a, b))
 
 
-def _run_epoch(train_one_epoch: Any, num_micro: int, k: int, what: str) -> tuple[Any, ...]:
-    """Run the learner's epoch on fresh data; what it did: (ok, result, start, params, counter, rows)."""
+def _run_epoch(train_one_epoch: Any, num_micro: int, k: int, what: str,
+               errors: Any = ()) -> tuple[Any, ...]:
+    """Run the learner's epoch on fresh data; what it did: (ok, result, start, params, counter, rows, lrs)."""
     model, micro_batches = _setup(num_micro)
     start = _params(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
@@ -140,17 +141,24 @@ def _run_epoch(train_one_epoch: Any, num_micro: int, k: int, what: str) -> tuple
         len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else -1))
     with BackwardCounter(model, optimizer) as counter:
         ok, result = call_learner_function(train_one_epoch, model, nn.MSELoss(), optimizer,
-                                           list(micro_batches), k, what=what)
+                                           list(micro_batches), k, what=what, errors=errors)
     hook.remove()
-    return ok, result, start, _params(model), counter, rows_per_forward
+    lrs = [group.get("lr") for group in optimizer.param_groups]
+    return ok, result, start, _params(model), counter, rows_per_forward, lrs
+
+
+def _windows(num_micro: int, k: int) -> list[int]:
+    """How many micro-batches each window holds, the short last one included."""
+    return [min(k, num_micro - start) for start in range(0, num_micro, k)]
 
 
 @exercise
 def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
     """Exercise 2: `train_one_epoch(model, loss_fn, optimizer, micro_batches, k)`: one epoch,
-    a backward() per micro-batch, a step per window (the short last one too)."""
+    exactly one forward pass and one backward() per micro-batch, a step per window (the short
+    last one too)."""
     what = "train_one_epoch(...) steps like one big batch per window"
-    ok, result, start, got, counter, rows_per_forward = _run_epoch(train_one_epoch, NUM_MICRO, K, what)
+    ok, result, start, got, counter, rows_per_forward, lrs = _run_epoch(train_one_epoch, NUM_MICRO, K, what)
     if not ok:
         return result
     if any(rows > SIZE for rows in rows_per_forward):
@@ -158,6 +166,12 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
                        got=f"forward passes on up to {max(rows_per_forward)} samples",
                        hint="give every micro-batch its own forward pass: putting a window together "
                             "is the big batch itself, the memory that accumulation exists to save")
+    if any(0 < rows < SIZE for rows in rows_per_forward):
+        return verdict(False, what, wanted=f"one forward pass and one backward() per micro-batch, on all "
+                       f"its {SIZE} samples", got=f"forward passes on as few as "
+                       f"{min(r for r in rows_per_forward if r > 0)} samples",
+                       hint="each micro-batch is already the piece that fits in memory: the task gives it "
+                            "one forward pass and one backward(), whole, not split further")
     backward_calls = sum(counter.per_step) + counter.pending
     if not counter.per_step:
         same_start = all(torch.equal(g, s) for g, s in zip(got, start))
@@ -172,11 +186,25 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
                        hint="call backward() on each micro-batch's loss, and let it add into .grad: "
                             "gradients from torch.autograd.grad or set by hand bypass what the "
                             "exercise is about")
+    forwards = sum(1 for rows in rows_per_forward if rows == SIZE)
     if backward_calls < NUM_MICRO:
+        hint = ("call backward() on each micro-batch's loss: adding a window's losses and calling "
+                "backward() once keeps every micro-batch's activations until the end" if forwards >= NUM_MICRO
+                else f"only {forwards} of the {NUM_MICRO} micro-batches went through the model: does your "
+                     "loop reach every micro-batch of the list, the last one included?")
         return verdict(False, what, wanted="one backward() per micro-batch",
+                       got=f"{backward_calls} backward() calls for {NUM_MICRO} micro-batches", hint=hint)
+    if backward_calls > NUM_MICRO and sum(counter.per_step) != NUM_MICRO:  # else: extra ones after the last step
+        return verdict(False, what, wanted="exactly one backward() per micro-batch",
                        got=f"{backward_calls} backward() calls for {NUM_MICRO} micro-batches",
-                       hint="call backward() on each micro-batch's loss: adding a window's losses and "
-                            "calling backward() once keeps every micro-batch's activations until the end")
+                       hint="some micro-batch's loss went through backward() more than once: each "
+                            "backward() adds into .grad, so the task calls it once per micro-batch")
+    if lrs != [LR]:
+        return verdict(False, what, wanted=f"the optimizer left as it was given (lr={LR})",
+                       got=f"lr={lrs[0] if len(lrs) == 1 else lrs} after your epoch",
+                       hint="your loop changed the optimizer's learning rate and left it so: normalise "
+                            "what backward() adds into .grad, and leave lr to the optimizer and its "
+                            "scheduler")
     if _same(got, _big_batches()):
         if counter.pending:
             return verdict(False, what, got="gradients left in .grad after the last step",
@@ -190,23 +218,48 @@ def check_accumulation_loop(train_one_epoch: Any) -> Verdict:
     for kind, hint in MISTAKES.items():
         if kind != "leaky" and _same(got, _variant(kind)):
             return verdict(False, what, got=steps, hint=hint)
+    if all(torch.equal(g, s) for g, s in zip(got, start)):
+        return verdict(False, what, got=steps + ", and the parameters never moved",
+                       hint="the optimizer stepped, yet nothing moved: what did .grad hold at each "
+                            "optimizer.step()?")
+    if counter.per_step != _windows(NUM_MICRO, K) or counter.pending:
+        return verdict(False, what, got=steps,
+                       hint="a window is gradient_accumulation_steps micro-batches in a row (the last "
+                            "may hold fewer), and its step comes after its last one: when does your "
+                            "loop step?")
     return verdict(False, what, got=steps,
-                   hint="compare each step with one step on its window's micro-batches put together: "
-                        "does every sample weigh the same, in the short window too?")
+                   hint="the windows are right; compare each step with one step on its window's "
+                        "micro-batches put together: is it the same size (what is each loss divided "
+                        "by?), and does every sample weigh the same, in the short window too?")
+
+
+_OTHER_ERRORS = [("list index out of range", "your loop reads past the end of micro_batches: here the "
+                  "check passes 7 micro-batches, not 10. Does the loop count them with len(micro_batches)?")]
 
 
 def _check_other_sizes(train_one_epoch: Any, what: str) -> Verdict:
     """The verdict once the main epoch is right: does the function also use the sizes it is given?"""
     num_micro, k = OTHER_SIZES
-    ok, result, _, got, counter, _ = _run_epoch(train_one_epoch, num_micro, k, what)
+    what_here = what + f", with {num_micro} micro-batches and gradient_accumulation_steps = {k}"
+    ok, result, _, got, counter, _, _ = _run_epoch(train_one_epoch, num_micro, k, what_here, _OTHER_ERRORS)
     if not ok:
         return result
-    expected_steps = [min(k, num_micro - start) for start in range(0, num_micro, k)]
+    expected_steps = _windows(num_micro, k)
     if counter.per_step != expected_steps or counter.pending or not _same(got, _big_batches(num_micro, k)):
-        return verdict(False, what + f", with {num_micro} micro-batches and gradient_accumulation_steps "
-                       f"= {k}", got=f"steps after {counter.per_step} micro-batches" + (
-                           f", {counter.pending} left over" if counter.pending else ""),
-                       hint="right for this exercise's sizes, not for others: use the arguments "
-                            "(len(micro_batches), gradient_accumulation_steps), not the numbers 10 and 4")
+        backward_calls = sum(counter.per_step) + counter.pending
+        if backward_calls != num_micro:
+            hint = (f"{backward_calls} backward() calls for {num_micro} micro-batches: does your loop go "
+                    "over the micro_batches it is given, or over a number of them written into it?")
+        elif counter.per_step == _windows(num_micro, K) and not counter.pending:
+            hint = (f"windows of {K} micro-batches where gradient_accumulation_steps is {k}: use the "
+                    f"argument, not the exercise's {K}")
+        elif counter.per_step == expected_steps and not counter.pending:
+            hint = ("the windows are right, the steps are not: is each loss divided by what its window "
+                    "holds for these sizes, or by a number written into your loop?")
+        else:
+            hint = ("right for this exercise's sizes, not for others: use the arguments "
+                    "(len(micro_batches), gradient_accumulation_steps), not the numbers 10 and 4")
+        return verdict(False, what_here, got=f"steps after {counter.per_step} micro-batches" + (
+            f", {counter.pending} left over" if counter.pending else ""), hint=hint)
     return verdict(True, what + ": one backward() per micro-batch, windows of 4, 4 and 2 (and of 3, 3 "
                    "and 1 for 7 micro-batches and gradient_accumulation_steps = 3)")
