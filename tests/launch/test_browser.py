@@ -184,7 +184,8 @@ def folded_answers(copy: Path) -> dict[int, str]:
         m = re.fullmatch(r"<details>\n<summary>[^<]+</summary>\n\n(.*)\n\n</details>", source, re.S)
         if cells[i]["cell_type"] != "markdown" or not m:
             continue
-        runs = [run.strip(" ,.;:'\"-") for line in m.group(1).splitlines() for run in re.split(r"[`*$_\[\]()<>\\|{}^~]", line)]
+        runs = [run.strip(" ,.;:'\"-") for line in m.group(1).splitlines()
+                for run in re.split(r"[`*$_\[\]()<>\\|{}^~]", line)]
         runs = [run for run in runs if len(run.split()) >= 3 and re.fullmatch(r"[\w ,.;:'\"%-]+", run)
                 and not any(run in other for k, other in enumerate(sources) if k != i)]
         assert runs, f"{copy.name}: no phrase to look for in the fold of cell {i}: {m.group(1)[:80]!r}"
@@ -286,3 +287,28 @@ def test_the_learners_copy_opens_blank_and_runs_every_cell(lab, browser, name):
         assert ("error" in cell["outputs"]) == tagged, (
             f"{'no error in a cell tagged raises-exception' if tagged else 'unexpected error'}: "
             f"{cell['source'][:60]!r}")
+
+
+def test_reading_every_answer_and_saving_leaves_the_copy_untouched(lab, browser):
+    """Unfolding is not saved: a learner who opens every fold of a fresh copy and saves it has
+    not worked in it, so `make workbooks` still counts it as untouched (it follows its lesson)."""
+    base, token, root = lab
+    name = LESSONS[0]
+    workbooks.refresh(name, root)  # afresh: Run All above may have autosaved outputs into it
+    answers = folded_answers(root / workbooks.FOLDER / name)
+    page = browser.new_page(viewport=PROJECTOR)
+    try:
+        open_lesson(page, base, token, name)
+        assert_folded(page, answers, "opened")
+        cells = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")
+        for i in answers:
+            cells.nth(i).locator(".jp-RenderedMarkdown summary").click()
+        assert all(c["open"] for i, c in page.evaluate(MARKDOWN_JS).items() if int(i) in answers)
+        before = (root / workbooks.FOLDER / name).stat().st_mtime_ns
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+        assert (root / workbooks.FOLDER / name).stat().st_mtime_ns != before, "JupyterLab did not save"
+    finally:
+        page.close()
+        shut_down_kernels(base, token)
+    assert workbooks.make(root, quiet=True)[name] == "up to date"
