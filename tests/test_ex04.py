@@ -1,11 +1,15 @@
 """utils.ex04: the checks of notebook 04 accept right answers, enforce the task, and explain wrong
 ones without giving the answer away."""
 
+import copy
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from utils import ex04
-from utils.exercises import NOT_YET, RIGHT, reset_tries
+from utils.exercises import NOT_YET, RIGHT, reset_tries, tries
 
 MOVING = {"RMSprop momentum=0.9", "Adamax", "NAdam"}
 
@@ -161,7 +165,7 @@ def test_exercise_3_accepts_a_real_freeze(capsys):
         (train_everything, "the backbone moved"),
         (freeze_everything, "does it still require grad"),
         (with_adam, "torch.optim.Adam"),
-        (with_another_lr, "pass lr=lr"),
+        (with_another_lr, "use the lr your function receives"),
         (with_momentum, "nothing that changes its steps"),
         (optimizer_for_the_backbone, "holds the head's parameters"),
         (lambda model, lr: None, "replace its ... with your code"),
@@ -192,4 +196,104 @@ def with_the_notebooks_lr(model, lr):  # 0.05 copied from section 6, not the arg
 def test_exercise_3_uses_its_own_learning_rate_so_a_copied_one_fails(capsys):
     assert ex04.FREEZE_LR != 0.05
     assert not ex04.check_freeze_backbone(with_the_notebooks_lr)
-    assert "pass lr=lr" in said(capsys)
+    assert "0.05 is the notebook's learning rate, written into your code" in said(capsys)
+
+
+# ---- review: what a learner really writes -------------------------------------------------------------------------
+def backbone_at_lr_zero(model, lr):  # steps nothing, but backward() still computes the backbone's gradient
+    return torch.optim.SGD([{"params": model.backbone.parameters(), "lr": 0.0},
+                            {"params": model.head.parameters()}], lr=lr)
+
+
+def backbone_replaced_by_identity(model, lr):  # nothing left to train in the backbone, and another model
+    model.backbone = torch.nn.Identity()
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def backbone_deleted(model, lr):
+    del model.backbone
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def head_replaced(model, lr):
+    model.backbone.requires_grad_(False)
+    model.head = torch.nn.Linear(8, 1, dtype=torch.float64)
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def requires_grad_set_on_the_module(model, lr):  # a new attribute of the module: nothing reads it
+    model.backbone.requires_grad = False
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def backbone_in_eval_mode(model, lr):
+    model.backbone.eval()
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def frozen_copy_of_the_backbone(model, lr):  # odd, but the same model, frozen: right
+    model.backbone = copy.deepcopy(model.backbone).requires_grad_(False)
+    return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+
+def frozen_and_at_lr_zero(model, lr):  # frozen for real; the lr-0 group is harmless: right
+    model.backbone.requires_grad_(False)
+    return backbone_at_lr_zero(model, lr)
+
+
+@pytest.mark.parametrize(
+    "wrong, named, not_said",
+    [
+        (backbone_at_lr_zero, "a learning rate of 0 stops the steps, not the gradients", "pass lr=lr"),
+        (backbone_replaced_by_identity, "model.backbone replaced by Identity", "still trainable"),
+        (backbone_deleted, "model.backbone removed", "still trainable"),
+        (head_replaced, "model.head replaced by Linear", "a different head"),
+        (requires_grad_set_on_the_module, "gives the module a new attribute that nothing reads", "Right"),
+        (backbone_in_eval_mode, "eval() changes how layers such as dropout and BatchNorm compute", "Right"),
+    ],
+)
+def test_exercise_3_review_mistakes_get_their_own_named_mistake(capsys, wrong, named, not_said):
+    assert not ex04.check_freeze_backbone(wrong)
+    out = said(capsys)
+    assert named in out and not_said not in out and NOT_YET in out and RIGHT not in out
+    assert "requires_grad_(False)" not in out
+
+
+def test_exercise_3_an_lr_zero_group_is_said_to_compute_the_gradient_it_does():
+    model = ex04.TwoPartModel()
+    optimizer = backbone_at_lr_zero(model, ex04.FREEZE_LR)
+    start = ex04._flat(model.backbone)
+    ex04._train(model, optimizer)
+    assert torch.equal(ex04._flat(model.backbone), start)  # it steps nothing ...
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) for p in model.backbone.parameters())  # ... yet
+
+
+def test_exercise_3_accepts_what_freezes_the_same_model(capsys):
+    assert ex04.check_freeze_backbone(frozen_copy_of_the_backbone)
+    assert ex04.check_freeze_backbone(frozen_and_at_lr_zero)
+    assert said(capsys).count(RIGHT) == 2
+
+
+def test_exercise_3_a_failed_training_is_not_blamed_on_the_head_when_the_head_is_trainable(capsys):
+    def head_made_float32(model, lr):  # the model is float64: the head's matmul now refuses its input
+        model.backbone.requires_grad_(False)
+        model.head.float()
+        return torch.optim.SGD(model.head.parameters(), lr=lr)
+
+    assert not ex04.check_freeze_backbone(head_made_float32)
+    out = said(capsys)
+    assert "training it raised" in out and "still require grad" not in out
+
+
+def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
+    """Run All on the lesson as handed out: every check answers its `...`, and no try is counted."""
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "04-none-or-zeros.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"
+             and "ex04.check_" in "".join(c["source"])]
+    assert len(cells) == 3
+    for source in cells:
+        exec(source, {"ex04": ex04})
+    out = said(capsys)
+    assert out.count(NOT_YET) == 3 and RIGHT not in out and "answer:" not in out
+    assert [tries(check) for check in (ex04.check_momentum_on_zeros, ex04.check_which_move,
+                                       ex04.check_freeze_backbone)] == [0, 0, 0]

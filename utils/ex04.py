@@ -134,6 +134,24 @@ def _flat(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
+def _replaced(model: torch.nn.Module, part: str, original: torch.nn.Linear) -> str:
+    """What became of `model.<part>` if the learner's function swapped it for a module that computes
+    something else (an nn.Identity, a new layer) or removed it; "" if it is still the original, or a
+    copy that computes the same."""
+    now = getattr(model, part, None)
+    if now is original:
+        return ""
+    if not isinstance(now, torch.nn.Module):
+        return f"model.{part} removed" if now is None else f"model.{part} replaced by {describe(now)}"
+    x = torch.randn(16, original.in_features, generator=make_generator(405), dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            same = torch.allclose(now(x), original(x))
+    except Exception:
+        same = False
+    return "" if same else f"model.{part} replaced by {type(now).__name__}"
+
+
 @exercise
 def check_freeze_backbone(freeze_backbone: Any) -> Verdict:
     """Exercise 3: `freeze_backbone(model, lr)` freezes model.backbone and returns SGD for model.head."""
@@ -143,10 +161,18 @@ def check_freeze_backbone(freeze_backbone: Any) -> Verdict:
     reference.backbone.requires_grad_(False)
     _train(reference, torch.optim.SGD(reference.head.parameters(), lr=lr))
     model = TwoPartModel()
+    backbone, head = model.backbone, model.head
     start = _flat(model.backbone)
     ok, optimizer = call_learner_function(freeze_backbone, model, lr, what=what)
     if not ok:
         return optimizer
+    for part, original in (("backbone", backbone), ("head", head)):
+        if changed := _replaced(model, part, original):
+            return verdict(False, what, wanted="the same model, its backbone frozen", got=changed,
+                           hint=f"freezing keeps the {part} in the model, computing what it computed; it "
+                           "only stops training it. What does your function change instead?"
+                           if part == "backbone" else "train the head the model has: the exercise freezes "
+                           "a part of this model, it does not build another")
     if not isinstance(optimizer, torch.optim.Optimizer):
         hint = ("your function returns nothing: return the optimizer at its end" if optimizer is None
                 else "return the optimizer itself, not its parameters or its class")
@@ -154,9 +180,26 @@ def check_freeze_backbone(freeze_backbone: Any) -> Verdict:
     if not isinstance(optimizer, torch.optim.SGD):
         return verdict(False, what, wanted="a torch.optim.SGD optimizer", got=f"torch.optim.{type(optimizer).__name__}",
                        hint="the exercise asks for plain SGD, so that the check can compare the head's steps")
-    if any(group["lr"] != lr for group in optimizer.param_groups):
+    head_ids = {id(p) for p in model.head.parameters()}
+    backbone_ids = {id(p): p for p in model.backbone.parameters()}
+    for group in optimizer.param_groups:
+        params = group["params"]
+        if group["lr"] == 0 and any(id(p) in backbone_ids and p.requires_grad for p in params):
+            return verdict(False, what, wanted="the backbone frozen: backward() computes no gradient for it",
+                           got="the backbone in a parameter group with lr=0, still requiring grad",
+                           hint=["a learning rate of 0 stops the steps, not the gradients: every backward() "
+                                 "still computes the backbone's gradient and stores it in its .grad, time "
+                                 "and memory spent for nothing. What tells autograd not to compute it?",
+                                 "section 6 ends with the fix: freeze for real"])
+    head_lrs = sorted({group["lr"] for group in optimizer.param_groups
+                       if any(id(p) in head_ids for p in group["params"])})
+    if head_lrs and head_lrs != [lr]:
+        copied = next((x for x in head_lrs if x != lr), lr)
+        hint = (f"{copied:g} is the notebook's learning rate, written into your code: use the lr your "
+                "function receives" if copied == 0.05 else
+                "use the lr your function receives, not a number written into your code")
         return verdict(False, what, wanted=f"the learning rate the function receives ({lr})",
-                       got=f"lr={[group['lr'] for group in optimizer.param_groups]}", hint="pass lr=lr")
+                       got=f"lr={head_lrs[0] if len(head_lrs) == 1 else head_lrs} for the head", hint=hint)
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not all(id(p) in held for p in model.head.parameters()):
         return verdict(False, what, wanted="an optimizer that holds the head's parameters",
@@ -165,20 +208,34 @@ def check_freeze_backbone(freeze_backbone: Any) -> Verdict:
     try:
         _train(model, optimizer)
     except Exception as error:  # e.g. a head frozen as well: nothing requires grad
+        frozen_head = not any(p.requires_grad for p in model.head.parameters())
         return verdict(False, what, wanted="a model that can train its head",
                        got=f"training it raised {type(error).__name__}: {str(error)[:80]}",
-                       hint="is the head still trainable, that is, does it still require grad?")
+                       hint="is the head still trainable, that is, does it still require grad?" if frozen_head
+                       else "the check trains your model with your optimizer for a few steps: what does your "
+                       "function leave in either that a training step cannot use?")
     if not torch.equal(_flat(model.backbone), start):
         return verdict(False, what, wanted="the backbone unchanged", got="the backbone moved",
                        hint="a frozen part must not be stepped: is the backbone in the optimizer, and does "
                        "it still require grad?")
     piled = [name for name, p in model.backbone.named_parameters() if p.grad is not None]
     if piled:
+        if "requires_grad" in vars(model.backbone):
+            hint = ["model.backbone.requires_grad = False gives the module a new attribute that nothing "
+                    "reads: requires_grad belongs to each parameter (a tensor). What sets it on all of a "
+                    "module's parameters?"]
+        elif not model.backbone.training:
+            hint = ["eval() changes how layers such as dropout and BatchNorm compute, not whether "
+                    "backward() computes a gradient: what tells autograd not to?"]
+        else:
+            hint = ["backward() still computes the backbone's gradient, and optimizer.zero_grad() only "
+                    "clears what the optimizer holds. What tells autograd not to compute a gradient for "
+                    "a parameter?"]
         return verdict(False, what, wanted=f"the backbone's .grad still None after {FREEZE_STEPS} steps",
-                       got=f"backbone.{piled[0]}.grad holds {FREEZE_STEPS} gradients added up",
-                       hint=["backward() still computes the backbone's gradient, and optimizer.zero_grad() "
-                             "only clears what the optimizer holds. What tells autograd not to compute a "
-                             "gradient for a parameter?", "section 6 ends with the fix: freeze for real"])
+                       got=f"backbone.{piled[0]}.grad holds {FREEZE_STEPS} gradients added up"
+                       if not any(id(p) in held for p in model.backbone.parameters()) else
+                       f"backbone.{piled[0]}.grad holds a gradient",
+                       hint=[*hint, "section 6 ends with the fix: freeze for real"])
     if not all(p.requires_grad for p in model.head.parameters()):
         return verdict(False, what, wanted="the head trained", got="the head no longer requires grad",
                        hint="freeze the backbone only: the head must keep requires_grad=True")
