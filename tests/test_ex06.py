@@ -1,13 +1,16 @@
 """utils.ex06: the checks of notebook 06 accept right answers, enforce the task, and explain wrong
 ones without giving the answer away."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from utils import ex06
-from utils.exercises import reset_tries
+from utils.exercises import NOT_YET, RIGHT, reset_tries, tries
 
 
 @pytest.fixture(autouse=True)
@@ -170,7 +173,7 @@ def test_exercise_3_right(solution, capsys):
     ({"no_scale": True}, "never scaled"),
     ({"optimizer_step": True}, "scaler.step() 0 times"),
     ({"no_update": True}, "scaler.update() must follow every scaler.step()"),
-    ({"last_by_k": True}, "normalisation of the short last window"),
+    ({"last_by_k": True}, "divided as if it were full"),
 ])
 def test_exercise_3_mistakes_are_named(changes, words, capsys):
     assert not ex06.check_scaled_epoch(variant(**changes))
@@ -248,7 +251,7 @@ def test_exercise_3_a_loop_must_use_the_sizes_it_is_given(capsys):
 
     assert not ex06.check_scaled_epoch(hard_coded_k)
     out = " ".join(capsys.readouterr().out.split())
-    assert "use the arguments" in out and "expected:" not in out
+    assert "use the argument, not the exercise's 4" in out and "expected:" not in out
 
 
 def test_exercise_3_unscale_and_update_per_micro_batch_are_caught(capsys):
@@ -266,3 +269,94 @@ def test_exercise_3_unscale_and_update_per_micro_batch_are_caught(capsys):
 
     assert not ex06.check_scaled_epoch(both_per_micro_batch)
     assert "once per optimizer step" in " ".join(capsys.readouterr().out.split())
+
+
+# Review: what a learner really writes
+
+
+def flat(out):
+    return " ".join(out.split())
+
+
+@pytest.mark.parametrize("mistake, words", [
+    (lambda lo, la, n: F.cross_entropy(lo, la, reduction="sum") / n, "classes in dimension 1"),
+    (lambda lo, la, n: F.cross_entropy(lo.flatten(0, 1), la.flatten()) / n, "divides twice"),
+    (lambda lo, la, n: F.cross_entropy(lo.flatten(0, 1), la.flatten().clamp(min=0), reduction="sum") / n,
+     "the padding positions (-100) count as tokens"),
+])
+def test_exercise_2_review_mistakes_are_named(mistake, words, capsys):
+    assert not ex06.check_token_loss(mistake)
+    out = flat(capsys.readouterr().out)
+    assert words in out and "read the error" not in out and "is padding (-100) left out" not in out
+
+
+def test_exercise_2_transposed_logits_are_right(capsys):
+    assert ex06.check_token_loss(lambda lo, la, n: F.cross_entropy(lo.transpose(1, 2), la, reduction="sum") / n)
+
+
+def scaled_variant(split=False, twice=False, both_steps=False, max_norm_of_the_notebook=False,
+                   never_zero_grad=False, zero_grad_before_step=False, fixed_divisors=False):
+    def run(model, loss_fn, optimizer, scaler, micro_batches, k, max_norm):
+        for start in range(0, len(micro_batches), k):
+            window = micro_batches[start:start + k]
+            for i, (X, y) in enumerate(window):
+                divisor = (2 if start + i >= 8 else 4) if fixed_divisors else len(window)
+                if split:
+                    for X_half, y_half in zip(X.split(2), y.split(2)):
+                        scaler.scale(loss_fn(model(X_half), y_half) / (2 * divisor)).backward()
+                elif twice:
+                    loss = scaler.scale(loss_fn(model(X), y) / (2 * divisor))
+                    loss.backward(retain_graph=True)
+                    loss.backward()
+                else:
+                    scaler.scale(loss_fn(model(X), y) / divisor).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0 if max_norm_of_the_notebook else max_norm)
+            if zero_grad_before_step:
+                optimizer.zero_grad()
+            scaler.step(optimizer)
+            if both_steps:
+                optimizer.step()
+            scaler.update()
+            if not never_zero_grad:
+                optimizer.zero_grad()
+    return run
+
+
+@pytest.mark.parametrize("changes, words, not_said", [
+    ({"split": True}, "one forward pass and one backward(), whole", "use the arguments"),
+    ({"twice": True}, "20 backward() calls for 10 micro-batches", "use the arguments"),
+    ({"both_steps": True}, "optimizer.step() runs besides scaler.step(optimizer)", "step through the scaler"),
+    ({"max_norm_of_the_notebook": True}, "1 is the notebook's max_norm", "check the normalisation"),
+    ({"never_zero_grad": True}, "leaks into the next", "check the normalisation"),
+    ({"zero_grad_before_step": True}, "nothing moved", "check the normalisation"),
+    ({"fixed_divisors": True}, "or by a number written into your loop", "not the numbers 10 and 4"),
+])
+def test_exercise_3_review_mistakes_are_named(changes, words, not_said, capsys):
+    assert not ex06.check_scaled_epoch(scaled_variant(**changes))
+    out = flat(capsys.readouterr().out)
+    assert words in out and not_said not in out and "expected:" not in out and RIGHT not in out
+
+
+def test_exercise_3_a_count_of_10_written_in_is_named(capsys):
+    def hard_coded_count(model, loss_fn, optimizer, scaler, micro_batches, k, max_norm):
+        scaled_epoch(model, loss_fn, optimizer, scaler, [micro_batches[i] for i in range(10)], k, max_norm)
+
+    assert not ex06.check_scaled_epoch(hard_coded_count)
+    out = flat(capsys.readouterr().out)
+    assert "reads past the end of micro_batches" in out and "read the error" not in out
+
+
+def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
+    """Run All on the lesson as handed out: every check answers its `...`, and no try is counted."""
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" /
+                           "06-accumulation-in-real-loops.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"
+             and "ex06.check_" in "".join(c["source"])]
+    assert len(cells) == 3
+    for source in cells:
+        exec(source, {"ex06": ex06})
+    out = flat(capsys.readouterr().out)
+    assert out.count(NOT_YET) == 3 and RIGHT not in out and "answer:" not in out
+    assert [tries(check) for check in (ex06.check_weight_ratio, ex06.check_token_loss,
+                                       ex06.check_scaled_epoch)] == [0, 0, 0]

@@ -74,7 +74,8 @@ def _accumulated_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.
     model.zero_grad()
     num_tokens = int((labels != -100).sum())
     for inputs_micro, labels_micro in zip(inputs.split(2), labels.split(2)):
-        ok, loss = call_learner_function(loss_of, model(inputs_micro), labels_micro, num_tokens, what=what)
+        ok, loss = call_learner_function(loss_of, model(inputs_micro), labels_micro, num_tokens, what=what,
+                                         errors=_TOKEN_ERRORS)
         if not ok:
             return loss
         if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
@@ -100,6 +101,16 @@ TOKEN_MISTAKES = [
      "divided by to become the step's mean?"),
     (lambda lo, la, n: _ce(lo, la, "sum") / la.numel(),
      "la.numel() counts this micro-batch's positions, padding included, and only this micro-batch's"),
+    (lambda lo, la, n: _ce(lo, la) / n, "each micro-batch's mean has already divided by its own tokens: "
+     "dividing it by the step's tokens as well divides twice"),
+    (lambda lo, la, n: _ce(lo, la.clamp(min=0), "sum") / n,
+     "the padding positions (-100) count as tokens here: which positions must the loss leave out?"),
+]
+_TOKEN_ERRORS = [
+    ("Expected target size", "F.cross_entropy wants the classes in dimension 1 of its input: here they are "
+     "in the last dimension of logits"),
+    ("Target -100 is out of bounds", "the padding label -100 reached a loss that does not skip it: which "
+     "positions must the loss leave out?"),
 ]
 
 
@@ -178,23 +189,25 @@ def _scaled_setup(overflow: bool = False, num_micro: int = NUM_MICRO
     return model, [(Xm.clone(), ym.clone()) for Xm, ym in zip(X.split(SIZE), data.y.split(SIZE))]
 
 
-def _reference(kind: str = "right", overflow: bool = False, num_micro: int = NUM_MICRO, k: int = K
-               ) -> list[torch.Tensor]:
+def _reference(kind: str = "right", overflow: bool = False, num_micro: int = NUM_MICRO, k: int = K,
+               max_norm: float = MAX_NORM) -> list[torch.Tensor]:
     """The epoch, right or with a known mistake, on a real GradScaler; the final parameters."""
     model, micro_batches = _scaled_setup(overflow, num_micro)
     optimizer, scaler = torch.optim.SGD(model.parameters(), lr=LR), torch.amp.GradScaler("cpu")
     for start in range(0, num_micro, k):
         window = micro_batches[start:start + k]
         for X, y in window:
-            scaler.scale(nn.MSELoss()(model(X), y) / len(window)).backward()
+            divisor = k if kind == "last window divided by k" else len(window)
+            scaler.scale(nn.MSELoss()(model(X), y) / divisor).backward()
         if kind == "clip before unscale_":  # the same as no unscale_: step() unscales later
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         scaler.unscale_(optimizer)
-        if kind == "right":
-            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        if kind not in ("clip before unscale_", "no clipping"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
         scaler.step(optimizer)
         scaler.update()
-        optimizer.zero_grad()
+        if kind != "never zero_grad":
+            optimizer.zero_grad()
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -203,7 +216,13 @@ SCALER_MISTAKES = {
                             "large: call scaler.unscale_(optimizer) before clipping",
     "no clipping": "the gradient's total norm was never cut to max_norm: clip it by norm, once per "
                    "window, after unscale_",
+    "never zero_grad": "the gradient of one window leaks into the next: what clears .grad after each step?",
+    "last window divided by k": "the short last window is divided as if it were full, so its step is too "
+                                "small: normalise by what the window really holds",
 }
+NOTEBOOK_MAX_NORM = 1.0  # section 4's, which a learner may copy
+
+
 _SCALER_ERRORS = [
     ("No inf checks were recorded prior to update", "scaler.update() ran where this step had no "
      "scaler.step() yet: it belongs once per optimizer step, after scaler.step()"),
@@ -213,6 +232,8 @@ _SCALER_ERRORS = [
      "scaler.scale(loss)"),
     ("unscale_() is being called after step()", "the scaler still counts the last step as running: "
      "scaler.update() must follow every scaler.step()"),
+    ("list index out of range", "your loop reads past the end of micro_batches: does it count them with "
+     "len(micro_batches), or with a number written into it? The check passes other sizes too"),
 ]
 
 
@@ -256,15 +277,35 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
         return verdict(False, what, wanted=f"forward passes of one micro-batch ({SIZE} samples)",
                        got=f"forward passes on up to {max(rows)} samples",
                        hint="give every micro-batch its own forward pass and backward()")
-    if sum(counter.per_step) + counter.pending != NUM_MICRO:
-        return verdict(False, what, wanted="one backward() per micro-batch",
-                       got=f"{sum(counter.per_step) + counter.pending} backward() calls for {NUM_MICRO} "
-                           "micro-batches", hint="call backward() on each micro-batch's scaled loss")
+    if any(0 < r < SIZE for r in rows):
+        return verdict(False, what, wanted=f"one forward pass and one backward() per micro-batch, on all "
+                       f"its {SIZE} samples", got=f"forward passes on as few as {min(r for r in rows if r > 0)} "
+                       "samples", hint="each micro-batch is already the piece that fits in memory: the task "
+                                       "gives it one forward pass and one backward(), whole, not split further")
+    backward_calls = sum(counter.per_step) + counter.pending
+    if backward_calls != NUM_MICRO:
+        forwards = sum(1 for r in rows if r == SIZE)
+        if backward_calls > NUM_MICRO:
+            hint = ("some micro-batch's scaled loss went through backward() more than once: each backward() "
+                    "adds into .grad, so the task calls it once per micro-batch")
+        elif forwards < NUM_MICRO:
+            hint = (f"only {forwards} of the {NUM_MICRO} micro-batches went through the model: does your "
+                    "loop reach every micro-batch of the list, the last one included?")
+        else:
+            hint = ("call backward() on each micro-batch's scaled loss: adding a window's losses and calling "
+                    "backward() once keeps every micro-batch's activations until the end")
+        return verdict(False, what, wanted="exactly one backward() per micro-batch",
+                       got=f"{backward_calls} backward() calls for {NUM_MICRO} micro-batches", hint=hint)
     if calls.count("scale") != NUM_MICRO:
         return verdict(False, what, wanted="each micro-batch's loss scaled with scaler.scale(...)",
                        got=f"scaler.scale() called {calls.count('scale')} times for {NUM_MICRO} micro-batches",
                        hint="without the scale, float16 gradients can underflow: call backward() on "
                             "scaler.scale(loss)")
+    if calls.count("step") == windows and len(counter.per_step) > windows:
+        return verdict(False, what, wanted="one optimizer step per window, through scaler.step(optimizer)",
+                       got=f"scaler.step() {calls.count('step')} times, yet {len(counter.per_step)} optimizer "
+                           "steps", hint="optimizer.step() runs besides scaler.step(optimizer), which already "
+                                         "steps the optimizer (unless it skips the step): each window steps twice")
     if calls.count("step") != windows or len(counter.per_step) != windows:
         return verdict(False, what, wanted="scaler.step(optimizer) once per window, the short last one too",
                        got=f"scaler.step() {calls.count('step')} times, optimizer steps after "
@@ -280,6 +321,13 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
         for kind, hint in SCALER_MISTAKES.items():
             if _close(got, _reference(kind)):
                 return verdict(False, what, got="parameters unlike the right epoch's", hint=hint)
+        if _close(got, _reference(max_norm=NOTEBOOK_MAX_NORM)):
+            return verdict(False, what, got=f"the parameters of an epoch clipped to max_norm = "
+                           f"{NOTEBOOK_MAX_NORM:g}", hint=f"{NOTEBOOK_MAX_NORM:g} is the notebook's max_norm, "
+                           "written into your code: use the max_norm your function receives")
+        if all(torch.equal(g, s) for g, s in zip(got, _scaled_setup()[0].parameters())):
+            return verdict(False, what, got="parameters that never moved",
+                           hint="the optimizer stepped, yet nothing moved: what did .grad hold at each step?")
         return verdict(False, what, got="parameters unlike the right epoch's",
                        hint="check the normalisation of the short last window, and that each step "
                             "unscales, clips and steps once")
@@ -292,13 +340,25 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
                        hint="a window whose gradients hold an inf must be skipped: scaler.step(optimizer) "
                             "does that, optimizer.step() does not")
     num_micro, k = OTHER_SIZES
-    ok, result, got, calls, counter, _ = _run_scaled(train_one_epoch_scaled, False, what, num_micro, k)
+    what_here = what + f", with {num_micro} micro-batches and gradient_accumulation_steps = {k}"
+    ok, result, got, calls, counter, _ = _run_scaled(train_one_epoch_scaled, False, what_here, num_micro, k)
     if not ok:
         return result
     expected_steps = [min(k, num_micro - start) for start in range(0, num_micro, k)]
     if counter.per_step != expected_steps or not _close(got, _reference(num_micro=num_micro, k=k)):
-        return verdict(False, what + f", with {num_micro} micro-batches and gradient_accumulation_steps = {k}",
-                       got=f"optimizer steps after {counter.per_step} micro-batches",
-                       hint="right for this exercise's sizes, not for others: use the arguments "
-                            "(len(micro_batches), gradient_accumulation_steps), not the numbers 10 and 4")
+        backward_calls = sum(counter.per_step) + counter.pending
+        if backward_calls != num_micro:
+            hint = (f"{backward_calls} backward() calls for {num_micro} micro-batches: does your loop go "
+                    "over the micro_batches it is given, or over a number of them written into it?")
+        elif counter.per_step == [min(K, num_micro - start) for start in range(0, num_micro, K)]:
+            hint = (f"windows of {K} micro-batches where gradient_accumulation_steps is {k}: use the "
+                    f"argument, not the exercise's {K}")
+        elif counter.per_step == expected_steps:
+            hint = ("the windows are right, the steps are not: is each loss divided by what its window "
+                    "holds for these sizes, or by a number written into your loop?")
+        else:
+            hint = ("right for this exercise's sizes, not for others: use the arguments "
+                    "(len(micro_batches), gradient_accumulation_steps), not the numbers 10 and 4")
+        return verdict(False, what_here, got=f"optimizer steps after {counter.per_step} micro-batches",
+                       hint=hint)
     return verdict(True, what + "; a window that overflows is skipped")
