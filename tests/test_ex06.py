@@ -165,8 +165,8 @@ def test_exercise_3_right(solution, capsys):
 
 
 @pytest.mark.parametrize("changes, words", [
-    ({"clip_first": True}, "call scaler.unscale_(optimizer) before clipping"),
-    ({"no_unscale": True}, "call scaler.unscale_(optimizer) before clipping"),
+    ({"clip_first": True}, "the norm of scaled gradients"),
+    ({"no_unscale": True}, "the norm of scaled gradients"),
     ({"no_clip": True}, "never cut to max_norm"),
     ({"update_per_micro_batch": True}, "it belongs once per optimizer step"),
     ({"unscale_per_micro_batch": True}, "ran twice in one step"),
@@ -360,3 +360,22 @@ def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
     assert out.count(NOT_YET) == 3 and RIGHT not in out and "answer:" not in out
     assert [tries(check) for check in (ex06.check_weight_ratio, ex06.check_token_loss,
                                        ex06.check_scaled_epoch)] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("changes", [{"clip_first": True}, {"no_unscale": True}, {"no_clip": True},
+                                     {"unscale_per_micro_batch": True}, {"optimizer_step": True}])
+def test_exercise_3_hints_ask_where_a_call_goes_without_writing_it(changes, capsys):
+    assert not ex06.check_scaled_epoch(variant(**changes))
+    out = flat(capsys.readouterr().out)
+    assert "?" in out
+    for code in ("call scaler.unscale_(optimizer)", "step through the scaler", "right before clipping",
+                 "after unscale_"):
+        assert code not in out
+
+
+def test_exercise_1_the_second_hint_asks_without_the_formula(capsys):
+    for _ in range(2):
+        ex06.check_weight_ratio(3)
+    out = flat(capsys.readouterr().out)
+    assert "what share does one sample of the 10 get" in out  # the second rung was shown
+    assert "1 / (4 n)" not in out and "expected:" not in out

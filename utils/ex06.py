@@ -37,7 +37,8 @@ def check_weight_ratio(answer: Any) -> Verdict:
         what="how many times a sample of the micro-batch of 2 weighs one of a micro-batch of 10",
         hint=["each micro-batch's mean, divided by 4, shares a quarter of the step among its samples: "
               "how many share it in each micro-batch?",
-              "a sample of a micro-batch of n samples weighs 1 / (4 n)"],
+              "a micro-batch's quarter of the step is shared by its samples: what share does one "
+              "sample of the 10 get, and one of the 2?"],
         mistakes=[
             (1 / ratio, "that is the other way round: which micro-batch has fewer samples to share its "
                         "quarter of the step?"),
@@ -213,9 +214,9 @@ def _reference(kind: str = "right", overflow: bool = False, num_micro: int = NUM
 
 SCALER_MISTAKES = {
     "clip before unscale_": "the clip measured the norm of scaled gradients, thousands of times too "
-                            "large: call scaler.unscale_(optimizer) before clipping",
-    "no clipping": "the gradient's total norm was never cut to max_norm: clip it by norm, once per "
-                   "window, after unscale_",
+                            "large: what must happen to the gradients before their norm means anything?",
+    "no clipping": "the gradient's total norm was never cut to max_norm: does your loop clip by norm (not "
+                   "by value), once per window?",
     "never zero_grad": "the gradient of one window leaks into the next: what clears .grad after each step?",
     "last window divided by k": "the short last window is divided as if it were full, so its step is too "
                                 "small: normalise by what the window really holds",
@@ -226,8 +227,8 @@ NOTEBOOK_MAX_NORM = 1.0  # section 4's, which a learner may copy
 _SCALER_ERRORS = [
     ("No inf checks were recorded prior to update", "scaler.update() ran where this step had no "
      "scaler.step() yet: it belongs once per optimizer step, after scaler.step()"),
-    ("unscale_() has already been called", "scaler.unscale_() ran twice in one step: once per window "
-     "is enough, right before clipping"),
+    ("unscale_() has already been called", "scaler.unscale_() ran twice in one step: a window's gradients "
+     "are unscaled once. Where does that belong?"),
     ("_scale is None", "the scaler was asked to unscale what it never scaled: call backward() on "
      "scaler.scale(loss)"),
     ("unscale_() is being called after step()", "the scaler still counts the last step as running: "
@@ -310,8 +311,8 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
         return verdict(False, what, wanted="scaler.step(optimizer) once per window, the short last one too",
                        got=f"scaler.step() {calls.count('step')} times, optimizer steps after "
                            f"{counter.per_step} micro-batches",
-                       hint="step through the scaler, scaler.step(optimizer), at the end of every window: "
-                            "it skips a step whose gradients hold an inf or NaN")
+                       hint="the optimizer must step once per window, and only when the window's "
+                            "gradients are finite: which of the scaler's calls does that?")
     if calls.count("update") != windows:
         return verdict(False, what, wanted="scaler.update() once per optimizer step",
                        got=f"scaler.update() called {calls.count('update')} times for {windows} steps",
@@ -337,8 +338,8 @@ def check_scaled_epoch(train_one_epoch_scaled: Any) -> Verdict:
     if not all(torch.isfinite(p).all() for p in got) or not _close(got, _reference(overflow=True)):
         return verdict(False, what + ", when a window overflows",
                        got="a window with an inf in its gradients changed the parameters",
-                       hint="a window whose gradients hold an inf must be skipped: scaler.step(optimizer) "
-                            "does that, optimizer.step() does not")
+                       hint="a window whose gradients hold an inf must be skipped: which of your calls "
+                            "steps whatever the gradients hold?")
     num_micro, k = OTHER_SIZES
     what_here = what + f", with {num_micro} micro-batches and gradient_accumulation_steps = {k}"
     ok, result, got, calls, counter, _ = _run_scaled(train_one_epoch_scaled, False, what_here, num_micro, k)
