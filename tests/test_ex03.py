@@ -496,3 +496,34 @@ def test_the_exercise_cells_as_handed_out_spend_no_try(capsys):
     assert out.count(NOT_YET) == 3 and RIGHT not in out and "answer:" not in out
     assert [tries(check) for check in (ex03.check_manual_loop, ex03.check_gradient_after_data,
                                        ex03.check_momentum_by_hand)] == [0, 0, 0]
+
+
+
+def train_manually_with_the_loss_under_no_grad(W, b, X, y, lr, num_steps):
+    for _ in range(num_steps):
+        with torch.no_grad():
+            loss = ((X @ W + b - y) ** 2).mean()
+            loss.backward()
+            W -= lr * W.grad
+            b -= lr * b.grad
+        W.grad, b.grad = None, None
+
+
+def train_manually_with_one_loss_for_all_steps(W, b, X, y, lr, num_steps):
+    loss = ((X @ W + b - y) ** 2).mean()
+    for _ in range(num_steps):
+        loss.backward()
+        with torch.no_grad():
+            W -= lr * W.grad
+            b -= lr * b.grad
+        W.grad, b.grad = None, None
+
+
+@pytest.mark.parametrize("wrong, named", [
+    (train_manually_with_the_loss_under_no_grad, "inside torch.no_grad()?"),
+    (train_manually_with_one_loss_for_all_steps, "does each step compute its own loss?"),
+])
+def test_exercise_1_errors_a_learner_meets_are_explained(capsys, wrong, named):
+    assert not ex03.check_manual_loop(wrong)
+    out = said(capsys)
+    assert named in out and "read the error" not in out

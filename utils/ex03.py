@@ -41,6 +41,10 @@ _ERRORS = [
      "tracks. Where can the update run so that autograd records nothing?"),
     ("modified by an inplace operation", "the update changed W before a backward() that needed it: "
      "update after backward(), not between the forward pass and backward()"),
+    ("does not require grad and does not have a grad_fn", "the loss has no graph to go back through: was it "
+     "computed where autograd records nothing, inside torch.no_grad()?"),
+    ("backward through the graph a second time", "a second backward() went through a graph that the first "
+     "one had used up: does each step compute its own loss?"),
 ]
 _NONE_AFTER_REBINDING = ("unsupported operand type(s)", "W = W - ... binds the name to a new tensor, which "
                          "is not a leaf: its .grad stays None (section 3). Change the leaf itself instead")
