@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import test_guard_cases as cases
+import test_guard_cli as cli
 import test_guard_cost as cost
 import test_guard_loops as loops
+import test_guard_review_loops as review
 import torch
 
 from utils.data import make_regression
@@ -184,6 +186,7 @@ def test_the_two_hooks_see_grad_before_and_after_each_accumulation():
     grad[0] = 0.0  # masking part of the gradient
     versions.append(grad._version)
     assert w.grad is grad and versions == [1, 2, 3]
+    assert [v - versions[0] for v in versions] == [0, 1, 2]  # what the cell prints, on any re-run
 
 
 SETTINGS = [(torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adam, {"foreach": True}),
@@ -260,7 +263,20 @@ def test_silent_on_grad_scaler_skips_gans_and_sam():
             loss_fn(model(X_), y_).backward()
             optimizer.second_step(zero_grad=True)
     assert caught == [] and guards[0].steps == 3
-    assert len(loops.LOOPS) == 17  # "17 loops written like widely used public code"
+    # "51 loops written like widely used public code ... each silent as written and warned with each
+    # bug planted": the two files' tests check that; here, that there are 51 and each has a bug
+    assert len(loops.LOOPS) + len(review.LOOPS) == 51
+    assert all(any(kind is not None for kind in bugs.values()) for _, bugs, _, _ in review.LOOPS.values())
+    for name in ("imagenet_amp", "timm_native_scaler", "hf_trainer", "ppo", "cyclegan", "maml_functional",
+                 "lightning_automatic", "dino", "yolov5"):
+        assert name in review.LOOPS
+
+
+def test_a_skipped_steps_gradients_left_for_the_next_backward_are_reported():
+    """Section 4: "leaving them for the next backward() is not, and is reported"."""
+    findings, _, steps = review.run_explicit(review.amp_first_steps_overflow, "forgot")
+    assert findings and {f.kind for f in findings} == {StaleGradientWarning} and steps == 0
+    assert review.run_explicit(review.amp_first_steps_overflow, None)[0] == []
 
 
 def test_the_extension_guards_an_optimizer_made_after_it_and_sums_up(capsys):
@@ -309,7 +325,7 @@ def test_in_the_script_the_head_never_learns_and_the_body_does(monkeypatch, caps
 
 
 def test_reads_from_the_device_on_the_notebooks_loops():
-    """Section 3: at most one read per step, none at all in a loop that clears with zero_grad()."""
+    """Section 3: at most one read per step, none at all in a loop that clears with zero_grad() and skips no step."""
     for loop, none in ((zero_grad_first, True), (accumulate, True), (clip_then_step, False),
                        (forgot_zero_grad, False), (zero_grad_after_backward, False)):
         with cost.counting_reads() as reads:
@@ -317,6 +333,9 @@ def test_reads_from_the_device_on_the_notebooks_loops():
         assert len(reads) <= guard.steps + 1
         if none:
             assert reads == []
+    with cost.counting_reads() as reads:  # zero_grad() every step, and a GradScaler that skips some
+        guard, caught, _ = cases.amp_loop(zero_after_step=False)
+    assert caught == [] and 0 < len(reads) <= guard.steps + 1  # hence "and skips no step"
 
 
 def test_the_guard_cannot_see_data_zeroing_between_backward_and_step():
@@ -387,19 +406,174 @@ def test_assigned_tensors_count_as_new_and_unseen_ones_are_not_seen():
     assert run(assign_and_clear_by_hand)[1].findings == []
 
 
-def test_closure_steps_are_not_checked():
-    model, _ = make_model()
-    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+def test_closure_steps_are_judged_after_they_ran():
+    """A closure's forgotten zero_grad() is stale, raised (as an error) only after the step ran."""
+    def lbfgs(zero: bool, steps: int = 3, keep: dict | None = None):
+        model, _ = make_model()
+        if keep is not None:
+            keep["model"] = model
+        optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
 
-    def closure_without_zero_grad():  # a bug inside the closure: not seen
-        loss = loss_fn(model(X), y)
-        loss.backward()
-        return loss
+        def closure():
+            if zero:
+                optimizer.zero_grad()
+            loss = loss_fn(model(X), y)
+            loss.backward()
+            return loss
 
-    with ZeroGradGuard(optimizer) as guard:
+        with ZeroGradGuard(optimizer) as guard:
+            for _ in range(steps):
+                optimizer.step(closure)
+        return model, guard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert lbfgs(zero=True)[1].findings == []
+        assert {f.kind for f in lbfgs(zero=False)[1].findings} == {StaleGradientWarning}
+        one_step, _ = lbfgs(zero=False, steps=1)
+    kept: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ZeroGradWarning)
+        with pytest.raises(StaleGradientWarning, match=r"^step 1: optimizer\.step\(\) \(with a closure\) used "
+                           r"\.grad that held gradients from an earlier evaluation of the closure") as error:
+            lbfgs(zero=False, keep=kept)
+    assert "Fix: start the closure with optimizer.zero_grad()." in str(error.value)
+    # raised after step 1 had run: the weights are those of one step, not the fresh ones
+    fresh, _ = make_model()
+    assert all(torch.equal(a, b) for a, b in zip(kept["model"].parameters(), one_step.parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(kept["model"].parameters(), fresh.parameters()))
+    findings, _, steps = review.run_explicit(review.lightning_automatic, "forgot")  # "as PyTorch Lightning does"
+    assert {f.kind for f in findings} == {StaleGradientWarning} and steps == 4
+    assert review.run_explicit(review.lightning_automatic, None)[0] == []
+
+
+def test_cleared_then_written_by_hand_is_read_pcgrad_and_some_none_is_frozen_dino():
+    assert review.run_explicit(review.pcgrad, None)[0] == []  # clears between tasks' backward() calls
+    assert {f.kind for f in review.run_explicit(review.pcgrad, "zero_after_pc_backward")[0]} == {
+        DiscardedGradientWarning}  # a clear after the gradient was written still loses it
+    assert review.run_explicit(review.dino, None)[0] == []  # the last layer's .grad = None, first epoch
+    assert {f.kind for f in review.run_explicit(review.dino, "all_cancelled")[0]} == {DiscardedGradientWarning}
+
+    def some_none_refilled(model, optimizer, batches):  # the first layer cleared by hand, then refilled
+        for X, y in batches[:4]:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            for p in model[0].parameters():
+                p.grad = None
+            loss_fn(model(X), y).backward()
+            optimizer.step()
+
+    def some_none(model, optimizer, batches):
+        for X, y in batches[:4]:
+            optimizer.zero_grad()
+            loss_fn(model(X), y).backward()
+            for p in model[0].parameters():
+                p.grad = None
+            optimizer.step()
+
+    assert run(some_none)[1].findings == []
+    assert {f.kind for f in run(some_none_refilled)[1].findings} == {DiscardedGradientWarning}
+
+
+def test_requires_grad_switched_by_hand_around_backward_is_never_watched():
+    def phases(by_module: bool):
+        model, optimizer = make_model()
+        model.requires_grad_(False)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            with ZeroGradGuard(optimizer, model=model) as guard:
+                for X_, y_ in batches[:4]:  # zero_grad() forgotten
+                    if by_module:
+                        model.requires_grad_(True)
+                    else:
+                        for p in model.parameters():
+                            p.requires_grad = True
+                    loss_fn(model(X_), y_).backward()
+                    if by_module:
+                        model.requires_grad_(False)
+                    else:
+                        for p in model.parameters():
+                            p.requires_grad = False
+                    optimizer.step()
+        return guard
+
+    assert phases(by_module=False).findings == []
+    assert {f.kind for f in phases(by_module=True).findings} == {StaleGradientWarning}
+
+
+class SubsetSAM(cases.SAM):
+    """A two-step method that perturbs only the first layer's weights."""
+
+    @torch.no_grad()
+    def first_step(self, zero_grad=False):
+        for p in self.param_groups[0]["params"][:2]:
+            e_w = 0.05 * p.grad
+            p.add_(e_w)
+            self.state[p]["e_w"] = e_w
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def second_step(self, zero_grad=False):
+        for p in self.param_groups[0]["params"][:2]:
+            p.sub_(self.state[p]["e_w"])
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+
+def test_a_two_step_method_moving_only_some_weights_needs_the_mark():
+    def sam(mark: bool):
+        model = cases.mlp()
+        optimizer = SubsetSAM(model.parameters(), torch.optim.SGD, lr=0.1)
+        with cases.watch(optimizer.base_optimizer) as (guards, caught):
+            for i in range(3):
+                X_, y_ = cases.data(i)
+                loss_fn(model(X_), y_).backward()
+                if mark:
+                    optimizer.first_step(zero_grad=True)  # zero_grad: intended
+                else:
+                    optimizer.first_step(zero_grad=True)
+                loss_fn(model(X_), y_).backward()
+                optimizer.second_step(zero_grad=True)
+        return cases.kinds(caught)
+
+    assert set(sam(mark=False)) == {DiscardedGradientWarning}
+    assert sam(mark=True) == []
+
+
+def test_processes_a_script_starts_are_counted_and_torchrun_guards_each_worker(tmp_path):
+    cli.test_processes_the_script_starts_are_named_as_unguarded(tmp_path)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("no torchrun beside this Python")
+    cli.write(tmp_path, "ddp.py", """\
+        import torch
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         for _ in range(3):
-            optimizer.step(closure_without_zero_grad)
-    assert guard.findings == [] and guard.steps == 3
+            model(torch.ones(1, 2)).sum().backward()
+            optimizer.step()  # zero_grad() forgotten
+        dist.barrier()
+        dist.destroy_process_group()
+        """)
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc_per_node=2", "-m", "utils.guard", "ddp.py"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0  # each worker exits with 3
+    assert done.stderr.count("ddp.py:9: StaleGradientWarning: step 2:") == 2  # one per worker
+    assert done.stderr.count("1 optimizer guarded (SGD), 3 steps checked: 2 findings.") == 2
+
+
+def test_a_module_runs_as_python_dash_m_runs_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli.test_a_module_runs_as_python_dash_m_runs_it_relative_imports_included(tmp_path, capsys)
 
 
 def test_a_step_skipped_by_hand_on_finite_gradients_needs_the_mark():

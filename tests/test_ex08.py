@@ -233,3 +233,104 @@ def test_make_problem_is_the_same_every_time():
     assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
     assert len(b1) == 8 and all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(b1, b2))
     assert b1[0][0].dtype == torch.float64 and b1[0][0].shape == (4, 3)
+
+
+# -- review: a notebook's variable, clears by hand, a manual update ------------------------------------------
+NOTEBOOK_CELL = '''
+import torch
+loss_fn = torch.nn.MSELoss()
+gradient_accumulation_steps = 2
+
+def follows_the_variable(model, optimizer, batches):
+    for i, (X, y) in enumerate(batches):
+        (loss_fn(model(X), y) / gradient_accumulation_steps).backward()
+        if (i + 1) % gradient_accumulation_steps == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+def writes_the_number(model, optimizer, batches):
+    for i, (X, y) in enumerate(batches):
+        (loss_fn(model(X), y) / 2).backward()
+        if (i + 1) % 2 == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+def divides_by_the_number(model, optimizer, batches):
+    for i, (X, y) in enumerate(batches):
+        (loss_fn(model(X), y) / 2).backward()
+        if (i + 1) % gradient_accumulation_steps == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+def raises_with_four(model, optimizer, batches):
+    if gradient_accumulation_steps == 4:
+        raise RuntimeError("only 2")
+    follows_the_variable(model, optimizer, batches)
+'''
+
+
+def notebook_namespace() -> dict:
+    """Functions defined as in a notebook cell, beside the notebook's gradient_accumulation_steps = 2."""
+    scope: dict = {}
+    exec(compile(NOTEBOOK_CELL, "<notebook cell>", "exec"), scope)
+    return scope
+
+
+def test_exercise_3_runs_again_with_four_micro_batches_per_window_and_puts_the_variable_back(capsys):
+    scope = notebook_namespace()
+    assert ex08.check_gradient_accumulation(scope["follows_the_variable"])
+    assert "✔ Right:" in capsys.readouterr().out
+    assert not ex08.check_gradient_accumulation(scope["writes_the_number"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "and with gradient_accumulation_steps = 4" in out and "got: 4 calls" in out
+    assert "does your loop use the variable gradient_accumulation_steps, or the number 2?" in out
+    assert "✔" not in out  # one verdict, not a pass and then a failure
+    assert not ex08.check_gradient_accumulation(scope["divides_by_the_number"])
+    assert "What is each loss divided by, the variable or the number 2?" in " ".join(capsys.readouterr().out.split())
+    assert not ex08.check_gradient_accumulation(scope["raises_with_four"])
+    assert "raised" in capsys.readouterr().out
+    assert scope["gradient_accumulation_steps"] == 2  # put back, even after an error
+
+
+def zero_in_place_after_backward(model, optimizer, batches):  # looks like masking: the guard lets it pass
+    for X, y in batches:
+        loss_fn(model(X), y).backward()
+        for p in model.parameters():
+            p.grad.zero_()
+        optimizer.step()
+
+
+def first_layer_none_after_backward(model, optimizer, batches):  # looks like freezing: the guard lets it pass
+    for X, y in batches:
+        optimizer.zero_grad()
+        loss_fn(model(X), y).backward()
+        for p in model[0].parameters():
+            p.grad = None
+        optimizer.step()
+
+
+def update_by_hand(model, optimizer, batches):
+    for X, y in batches:
+        loss_fn(model(X), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+                p.grad = None
+
+
+def test_clears_by_hand_the_guard_lets_pass_are_named_by_the_weights_that_never_moved(capsys):
+    assert not ex08.check_no_discarded_gradients(zero_in_place_after_backward)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "none of the weights moved, although backward() filled their .grad and the steps ran" in out
+    assert not ex08.check_no_discarded_gradients(first_layer_none_after_backward)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0.weight, 0.bias never moved" in out and "what empties .grad" in out
+    for out in (out,):
+        assert "zero_grad()" not in out.split("hint:")[1]  # a question, not the mended code
+
+
+def test_a_loop_that_never_steps_the_optimizer_is_told_so_first(capsys):
+    assert not ex08.check_no_stale_gradients(update_by_hand)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: no optimizer.step() on the optimizer it was given" in out
+    assert "DiscardedGradientWarning" not in out

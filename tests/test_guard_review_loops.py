@@ -1302,3 +1302,27 @@ def test_a_skipped_step_left_uncleared_is_named_and_points_at_scaler_step():
                                     "holds gradients of an earlier step that a GradScaler skipped")
     assert "Probably forgotten: optimizer.zero_grad() after a skipped step" in first.message
     assert first.lineno in marked_lines([amp_first_steps_overflow], "forgot")
+
+
+def test_gradients_cleared_with_no_step_at_all_say_so_and_an_update_by_hand_uses_them():
+    def run(update_by_hand: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            with ZeroGradGuard(optimizer, model=model) as guard:
+                for i in range(3):
+                    model(randn(4, 2, seed=i)).sum().backward()
+                    with torch.no_grad():
+                        for p in model.parameters():
+                            if update_by_hand:
+                                p -= 0.1 * p.grad  # plain SGD by hand: the gradient is used
+                            p.grad = None
+        return guard
+
+    assert run(update_by_hand=True).findings == []
+    guard = run(update_by_hand=False)
+    assert [f.kind for f in guard.findings] == [DISCARDED]
+    assert guard.findings[0].message.startswith("with no step at all: gradients computed since the guard "
+                                                "started were cleared before an optimizer.step() could use them")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -80,7 +80,9 @@ def _guard_verdict(guard: ZeroGradGuard, what: str, accumulate: int) -> Verdict:
                    expected=f"the guard's fix: {fix}" if fix else None)
 
 
-def _check_loop(train: Any, *, what: str, accumulate: int) -> Verdict:
+def _run_guarded(train: Any, what: str) -> tuple[bool, Any, torch.nn.Module, torch.nn.Module, Batches,
+                                                  ZeroGradGuard, list[int]]:
+    """Run the learner's loop on a fresh problem under the guard, counting backward() calls."""
     model, optimizer, batches = make_problem()
     initial = copy.deepcopy(model)
     backward_calls: list[int] = []  # accumulations into the first weight: one per backward()
@@ -90,10 +92,14 @@ def _check_loop(train: Any, *, what: str, accumulate: int) -> Verdict:
         with ZeroGradGuard(optimizer, model=model, max_warnings=None) as guard:
             ok, result = call_learner_function(train, model, optimizer, batches, what=what)
     handle.remove()
+    return ok, result, model, initial, batches, guard, backward_calls
+
+
+def _check_loop(train: Any, *, what: str, accumulate: int, then: Callable[[], Verdict | None] | None = None
+                ) -> Verdict:
+    ok, result, model, initial, batches, guard, backward_calls = _run_guarded(train, what)
     if not ok:
         return result
-    if guard.findings:
-        return _guard_verdict(guard, what, accumulate)
     micro = len(batches)
     expected_steps = micro // accumulate
     per_step = "one optimizer.step() per micro-batch" if accumulate == 1 else (
@@ -102,6 +108,8 @@ def _check_loop(train: Any, *, what: str, accumulate: int) -> Verdict:
         return verdict(False, what, wanted=per_step, got="no optimizer.step() on the optimizer it was given",
                        hint="your function never called optimizer.step() on the optimizer it was given; "
                        "replace the ... with the mended loop", expected=f"{expected_steps} steps")
+    if guard.findings:
+        return _guard_verdict(guard, what, accumulate)
     if 0 < len(backward_calls) < micro and guard.steps == expected_steps:
         return verdict(False, what, wanted="one backward() per micro-batch",
                        got=f"{len(backward_calls)} backward() calls for {micro} micro-batches",
@@ -119,13 +127,22 @@ def _check_loop(train: Any, *, what: str, accumulate: int) -> Verdict:
                        expected=f"{expected_steps} calls of optimizer.step()")
     trained = [p.detach() for p in model.parameters()]
     if _same(trained, _reference(initial, batches, accumulate)):
+        failed = then() if then is not None else None
+        if failed is not None:
+            return failed
         return verdict(True, f"{what}: the guard stays silent over {expected_steps} steps and the model "
                        "ends where the reference loop takes it")
+    unmoved = [name for (name, p), p0 in zip(model.named_parameters(), initial.parameters()) if torch.equal(p, p0)]
     if accumulate > 1 and _same(trained, _reference(initial, batches, accumulate, divide=False)):
         hint = ("each step used the sum of its window's gradients, not their mean: gradient_accumulation_steps "
                 "times too large")
     elif not backward_calls:
         hint = "no backward() reached the model's weights: what fills .grad before a step?"
+    elif unmoved:
+        which = "none of the weights moved" if len(unmoved) == len(trained) else (
+            f"{', '.join(unmoved)} never moved")
+        hint = (f"{which}, although backward() filled their .grad and the steps ran: what empties .grad "
+                "(even by hand, in place or with None) before the step can use it?")
     else:
         hint = "does your loop compute loss_fn(model(X), y) for every (X, y) of batches, in order?"
     return verdict(False, what, wanted="the weights the reference loop reaches",
@@ -145,9 +162,48 @@ def check_no_discarded_gradients(train: Any) -> Verdict:
                        accumulate=1)
 
 
+OTHER_K = 4  # exercise 3 is run again with gradient_accumulation_steps = 4: does the loop follow it?
+
+
+def _with_other_k(train: Any, what: str) -> Verdict | None:
+    """With the notebook's gradient_accumulation_steps set to 4, a failing verdict, or None if right.
+
+    The learner's loop reads the notebook's variable `gradient_accumulation_steps`; a loop that
+    writes the number 2 into itself instead is right only for 2. Only where the learner's
+    module defines that variable (a notebook); it is put back whatever happens.
+    """
+    scope = getattr(train, "__globals__", None)
+    if not isinstance(scope, dict) or not isinstance(scope.get("gradient_accumulation_steps"), int):
+        return None
+    saved = scope["gradient_accumulation_steps"]
+    scope["gradient_accumulation_steps"] = OTHER_K
+    what_here = f"{what}, and with gradient_accumulation_steps = {OTHER_K}"
+    try:
+        ok, result, model, initial, batches, guard, _ = _run_guarded(train, what_here)
+    finally:
+        scope["gradient_accumulation_steps"] = saved
+    if not ok:
+        return result
+    expected_steps = len(batches) // OTHER_K
+    if guard.steps != expected_steps:
+        return verdict(False, what_here, wanted=f"{expected_steps} calls of optimizer.step() for {len(batches)} "
+                       f"micro-batches", got=f"{guard.steps} calls",
+                       hint=f"right for gradient_accumulation_steps = {saved} only: does your loop use the "
+                       f"variable gradient_accumulation_steps, or the number {saved}?")
+    if guard.findings:
+        return _guard_verdict(guard, what_here, OTHER_K)
+    if not _same([p.detach() for p in model.parameters()], _reference(initial, batches, OTHER_K)):
+        return verdict(False, what_here, wanted="the weights the reference loop reaches",
+                       got="different weights (the windows were right)",
+                       hint=f"the windows follow gradient_accumulation_steps; does the size of each step? What "
+                       f"is each loss divided by, the variable or the number {saved}?")
+    return None
+
+
 @exercise
 def check_gradient_accumulation(train: Any) -> Verdict:
     """Exercise 3: mend `zero_grad_in_window`: one step per GRADIENT_ACCUMULATION_STEPS micro-batches."""
-    return _check_loop(train, what="train(model, optimizer, batches) accumulates over "
-                       f"{GRADIENT_ACCUMULATION_STEPS} micro-batches per step",
-                       accumulate=GRADIENT_ACCUMULATION_STEPS)
+    what = (f"train(model, optimizer, batches) accumulates over {GRADIENT_ACCUMULATION_STEPS} micro-batches "
+            "per step")
+    return _check_loop(train, what=what, accumulate=GRADIENT_ACCUMULATION_STEPS,
+                       then=lambda: _with_other_k(train, what))

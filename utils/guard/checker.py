@@ -225,8 +225,8 @@ class ZeroGradGuard:
                 if record.unconsumed and record.mixed is None:
                     if self._foreign_steps != record.since:
                         record.mixed = "foreign"
-                    elif record.param._version != record.pversion:
-                        record.mixed = "moved"
+                    elif record.param._version != record.pversion:  # the weights moved since: by hand
+                        record.mixed = "closure" if self._in_closure else "moved"  # or by L-BFGS's own step
             return None
         except ZeroGradWarning:
             raise  # a finding made an error on purpose (warnings.simplefilter("error", ...))
@@ -432,7 +432,10 @@ class ZeroGradGuard:
             if record.old is not False:
                 record.reset()
             return
-        moved = record.param._version != record.pversion and self._all_moved(clear)
+        # moved by hand since its gradient came (an update by hand, SAM's first step): used. A zero_grad()
+        # is judged for all its weights at once (Embedding(max_norm=...) moves only its own); a clear by
+        # hand, noticed one weight at a time, for its own
+        moved = record.param._version != record.pversion and (by_hand or self._all_moved(clear))
         if record.unconsumed and not self._in_closure and not moved:
             lost = Lost(record, clear, size, frames, foreign=self._foreign_steps != record.since, by_hand=by_hand)
             if lost.foreign:  # made before another optimizer's step: that step's by-products?

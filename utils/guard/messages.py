@@ -55,6 +55,12 @@ def _moved(records: list[Record], total: int, step: int) -> tuple[str, str]:
             "first_step(zero_grad=True)).")
 
 
+def _closure(records: list[Record], total: int, step: int) -> tuple[str, str]:
+    return ("gradients from an earlier evaluation of the closure, in this same step",
+            " Probably: the closure does not clear the gradients, so each evaluation (L-BFGS makes "
+            "several per step) adds to the last. Fix: start the closure with optimizer.zero_grad().")
+
+
 def _skipped(records: list[Record], total: int, step: int) -> tuple[str, str]:
     return ("gradients of an earlier step that a GradScaler skipped (a gradient was not finite), "
             "with backward() added to them since",
@@ -79,8 +85,10 @@ def stale(groups: dict[str, list[Record]], total: int, step: int, k: int | None,
         if reason == "overfull":
             what, why = _overfull(records, total, step, k or 1)
         else:
-            what, why = {"old": _old, "foreign": _foreign, "moved": _moved,
+            what, why = {"old": _old, "foreign": _foreign, "moved": _moved, "closure": _closure,
                          "skipped": _skipped}[reason](records, total, step)
+            if used and reason == "old":
+                why += " With a closure, start the closure with optimizer.zero_grad()."
         parts.append((what, records, why))
     what, records, why = parts[0]
     if skipped_again:
@@ -96,6 +104,8 @@ def stale(groups: dict[str, list[Record]], total: int, step: int, k: int | None,
 def discarded(records: list[Record], places: set[str], total: int, step: int, after_last: bool) -> str:
     """One message for contributions that were cleared before a step could use them."""
     when, previous = (f"after step {step}", step) if after_last else (f"step {step}", step - 1)
+    if after_last and step == 0:
+        when = "with no step at all"
     since = f"since step {previous}" if previous >= 1 else "since the guard started"
     text = (f"{when}: gradients computed {since} were cleared before an optimizer.step() could use them, "
             f"in {listing(records, total)}.")
