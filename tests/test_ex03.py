@@ -527,3 +527,36 @@ def test_exercise_1_errors_a_learner_meets_are_explained(capsys, wrong, named):
     assert not ex03.check_manual_loop(wrong)
     out = said(capsys)
     assert named in out and "read the error" not in out
+
+
+
+def train_manually_zeroing_before_the_update(W, b, X, y, lr, num_steps):
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        W.grad.zero_()
+        b.grad.zero_()
+        with torch.no_grad():
+            W -= lr * W.grad
+            b -= lr * b.grad
+
+
+def train_with_momentum_zeroing_before_the_update(W, b, X, y, lr, momentum, num_steps):
+    buffers = [torch.zeros_like(W), torch.zeros_like(b)]
+    for _ in range(num_steps):
+        ((X @ W + b - y) ** 2).mean().backward()
+        W.grad.zero_()
+        b.grad.zero_()
+        with torch.no_grad():
+            for p, buffer in zip((W, b), buffers):
+                buffer.mul_(momentum).add_(p.grad)
+                p -= lr * buffer
+
+
+@pytest.mark.parametrize("check, wrong", [
+    (ex03.check_manual_loop, train_manually_zeroing_before_the_update),
+    (ex03.check_momentum_by_hand, train_with_momentum_zeroing_before_the_update),
+])
+def test_an_update_that_read_a_cleared_grad_is_not_blamed_on_rebinding(capsys, check, wrong):
+    assert not check(wrong)
+    out = said(capsys)
+    assert "what did .grad hold when the update read it?" in out and "Binding the name" not in out

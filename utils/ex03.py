@@ -154,6 +154,7 @@ class _Run:
     broke: Verdict | None  # a verdict when the loop broke the task's rules or raised
     got: torch.Tensor  # W and b afterwards, flattened into one tensor
     carried: dict[str, int]  # "W"/"b" → the first backward() that found its .grad holding a gradient
+    updated: bool = False  # whether W was changed in place (its version counter moved), to zero or not
 
 
 def _watch_carry(name: str, p: torch.Tensor, carried: dict[str, int]) -> None:
@@ -184,7 +185,7 @@ def _run_by_hand(fn: Any, what: str, *extra: Any) -> _Run:
     got = torch.cat([W.detach().flatten(), b.detach()])
 
     def broke(verdict_: Verdict) -> _Run:
-        return _Run(verdict_, got, carried)
+        return _Run(verdict_, got, carried, W._version > 0)
 
     if not ok:
         return broke(result)
@@ -217,7 +218,7 @@ def _run_by_hand(fn: Any, what: str, *extra: Any) -> _Run:
         return broke(verdict(False, what, wanted="W updated in place, under autograd's version counter",
                              got="W changed, but its version counter never moved",
                              hint="a change autograd cannot see is what section 5 warns against"))
-    return _Run(None, got, carried)
+    return _Run(None, got, carried, W._version > 0)
 
 
 def _copied_constants(got: torch.Tensor, **options: Any) -> str:
@@ -255,6 +256,17 @@ def _unmoved_hint(got: torch.Tensor) -> str:
     return ""
 
 
+def _still_zeros(what: str, run: _Run) -> Verdict:
+    """The verdict on a loop that left W and b at their zeros."""
+    if run.updated:
+        return verdict(False, what, wanted="W and b moved by their gradients",
+                       got="W updated in place, yet W and b still all zeros",
+                       hint="your update ran, but moved nothing: what did .grad hold when the update read it?")
+    return verdict(False, what, wanted="W and b changed in place", got="W and b still all zeros",
+                   hint="did the loop run, and did it change the caller's W and b? Binding the name W to a new "
+                   "tensor inside the function leaves the caller's W alone")
+
+
 @exercise
 def check_manual_loop(train_manually: Any) -> Verdict:
     """Exercise 1: `train_manually(W, b, X, y, lr, num_steps)`: SGD by hand, no optimizer, no .data."""
@@ -264,9 +276,7 @@ def check_manual_loop(train_manually: Any) -> Verdict:
         return run.broke
     got = run.got
     if torch.count_nonzero(got) == 0:
-        return verdict(False, what, wanted="W and b changed in place", got="W and b still all zeros",
-                       hint="did the loop run, and did it change the caller's W? Binding the name W to a new "
-                       "tensor inside the function leaves the caller's W alone")
+        return _still_zeros(what, run)
     expected = _reference()
     if torch.allclose(got, expected):
         return verdict(True, what + ": no optimizer, no .data")
@@ -325,8 +335,7 @@ def check_momentum_by_hand(train_with_momentum: Any) -> Verdict:
         return run.broke
     got = run.got
     if torch.count_nonzero(got) == 0:
-        return verdict(False, what, wanted="W and b changed in place", got="W and b still all zeros",
-                       hint="did the loop run, and did it change the caller's W and b in place?")
+        return _still_zeros(what, run)
     expected = _reference(momentum=MOMENTUM)
     if torch.allclose(got, expected):
         if run.carried:  # SGD's numbers, with .grad itself as the buffer (W.grad *= momentum, never cleared)
