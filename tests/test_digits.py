@@ -189,6 +189,28 @@ def test_window_meter_without_a_loss_watches_every_loss_module_and_weighs_uneven
         GradientMeter(list(model.parameters()))
 
 
+def test_window_meter_counts_a_summed_loss_against_the_mean():
+    """A loss with reduction="sum" is its micro-batch's mean times its samples: dividing it by 64 is a mean."""
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    summed = torch.nn.CrossEntropyLoss(reduction="sum")
+    with WindowMeter() as meter:
+        for X, y in minibatches(DATA.X_train, DATA.y_train, 16, seed=0)[:4]:
+            (summed(model(X), y) / 64).backward()
+        optimizer.step()
+    assert meter.steps[0] == [(16, 0.25)] * 4 and meter.sample_weights() == [(1.0, 1.0)]
+
+
+def test_the_digits_are_read_from_scikit_learns_own_file_without_importing_it():
+    import subprocess
+    import sys
+
+    code = ("import sys; from utils.digits import load_digits_split; load_digits_split(); "
+            "print('sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "False", done.stderr
+
+
 # -- plot --------------------------------------------------------------------------------------------
 def test_plot_digits_draws_labels_and_marks_wrong_predictions():
     predictions = DATA.y_test[:10].clone()

@@ -84,6 +84,58 @@ def test_the_three_fixes_written_another_way_pass(tmp_path, capsys):
     assert check(variant(tmp_path, text, "other.py"), capsys).passed
 
 
+def test_fixes_written_other_ways_pass(tmp_path, capsys):
+    fixed = FIXED.read_text()
+    summed = fixed.replace("torch.nn.CrossEntropyLoss()", 'torch.nn.CrossEntropyLoss(reduction="sum")').replace(
+        "(loss / gradient_accumulation_steps)", "(loss / (gradient_accumulation_steps * train_batch_size))")
+    assert check(variant(tmp_path, summed, "summed.py"), capsys).passed, "a summed loss divided by the window"
+    grad_divided = fixed.replace("(loss / gradient_accumulation_steps).backward()", "loss.backward()").replace(
+        "            optimizer.step()\n", "            for p in model.parameters():\n"
+        "                p.grad /= gradient_accumulation_steps\n            optimizer.step()\n")
+    assert check(variant(tmp_path, grad_divided, "divided.py"), capsys).passed, ".grad divided before the step"
+    own = fixed.replace("            optimizer.zero_grad()  # bug 1: once per window, after the step\n",
+                        "            for p in model.parameters():\n                p.grad = None\n")
+    assert check(variant(tmp_path, own, "own.py"), capsys).passed, "p.grad = None by hand"
+
+
+@pytest.mark.parametrize("clear, said", [
+    ("optimizer.zero_grad()  # zero_grad: intended", "that silences the checker, not the bug"),
+    ("for p in model.parameters():\n            if p.grad is not None:\n                p.grad.zero_()", "saw no clear"),
+    ("for p in model.parameters():\n            if p.grad is not None:\n                p.grad.mul_(0)", "saw no clear"),
+])
+def test_a_clear_inside_the_window_that_the_checker_cannot_see_is_found(tmp_path, capsys, clear, said):
+    text = FIXED.read_text().replace("        loss = loss_fn(model(X), y)\n",
+                                     f"        {clear}\n        loss = loss_fn(model(X), y)\n")
+    result = check(variant(tmp_path, text), capsys)
+    assert not result.passed and "step 1: .grad held only part of what backward() added" in result.message
+    assert said in result.message and "which lines touch .grad" in result.message
+
+
+def test_a_loss_that_bypasses_loss_fn_gets_told_what_the_check_follows(tmp_path, capsys):
+    text = FIXED.read_text().replace("loss = loss_fn(model(X), y)",
+                                     "loss = torch.nn.functional.cross_entropy(model(X), y)")
+    result = check(variant(tmp_path, text), capsys)
+    assert not result.passed and "no loss went through an nn loss module" in result.message
+
+
+def test_a_script_with_no_model_at_its_top_level(tmp_path, capsys):
+    body = FIXED.read_text().split('"""', 2)[2]
+    text = "def main():\n" + "\n".join(f"    {line}" for line in body.splitlines()) + "\n\n\nmain()\n"
+    result = check(variant(tmp_path, text), capsys)
+    assert not result.passed and "no variable `model` when the script ends" in result.message
+
+
+def test_a_script_that_never_ends_gets_a_verdict(tmp_path, capsys, monkeypatch):
+    from utils.exercises import _time_limit
+
+    text = FIXED.read_text().replace('print(f"test accuracy', 'while True:\n    pass\nprint(f"test accuracy')
+    with _time_limit(3):
+        result = ex09.check_broken_script.__wrapped__(variant(tmp_path, text))
+    message = " ".join(result.message.split())
+    assert not result.passed and "it was still running after" in message and "does a loop never end" in message
+    assert not auto.installed()
+
+
 # -- what is left, one problem at a time -------------------------------------------------------------
 def test_the_broken_script_gets_the_guards_finding_with_its_line(capsys):
     result = check(str(ROOT / "notebooks" / "09-broken-train.py"), capsys)
@@ -142,6 +194,8 @@ def test_clearing_the_leftovers_at_the_next_epoch_is_lost_work(tmp_path, capsys)
     ([("gradient_accumulation_steps = 4", "gradient_accumulation_steps = 1")], "gradient_accumulation_steps is 1"),
     ([("lr = 0.05", "lr = 0.01")], "lr is 0.01"),
     ([("momentum=0.9", "momentum=0.0")], "momentum=0.0"),
+    ([("momentum=0.9)", "momentum=0.9, nesterov=True)")], "nesterov=True"),
+    ([("momentum=0.9)", "momentum=0.9, weight_decay=1e-4)")], "weight_decay=0.0001"),
     ([("optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)",
        "optimizer = torch.optim.Adam(model.parameters(), lr=lr)")], "Adam"),
     ([("loss.backward()", "loss.backward(\n")], "does not compile"),

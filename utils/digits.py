@@ -1,14 +1,18 @@
 """Real data for notebook 09: scikit-learn's handwritten digits, a small CNN, minibatches, plots.
 
-`sklearn.datasets.load_digits` reads 1,797 labelled 8×8 images that ship inside the
-scikit-learn package: nothing is downloaded. The split, the shuffles and the model's first
+scikit-learn ships 1,797 labelled 8×8 images inside its package (`sklearn.datasets.load_digits`):
+nothing is downloaded. We read its file directly, the way `load_digits` does (a test compares
+the two), because importing scikit-learn takes about a second, longer than a training run here. The split, the shuffles and the model's first
 weights come from seeded CPU generators and are then moved to the device, so every machine
 trains the same run.
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
@@ -47,6 +51,25 @@ def _check_dtype(dtype: object) -> torch.dtype:
     return dtype
 
 
+def _read_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits: images (1797, 8, 8) with pixels 0..16, labels (1797,), from its own file."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without importing it
+    if spec is None:
+        raise ModuleNotFoundError("notebook 09 reads its digits from scikit-learn: pip install -r requirements.txt")
+    folders = spec.submodule_search_locations or []
+    path = next((Path(f) / "datasets" / "data" / "digits.csv.gz" for f in folders), None)
+    if path is None or not path.is_file():  # another layout: let scikit-learn find it
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return torch.tensor(bunch.images, dtype=torch.float64), torch.tensor(bunch.target, dtype=torch.int64)
+    import numpy as np
+
+    with gzip.open(path, "rt") as file:
+        table = torch.from_numpy(np.loadtxt(file, delimiter=",", dtype=np.float64))
+    return table[:, :-1].reshape(-1, 8, 8).contiguous(), table[:, -1].to(torch.int64)
+
+
 def load_digits_split(
     num_test: int = NUM_TEST,
     *,
@@ -55,15 +78,12 @@ def load_digits_split(
     dtype: torch.dtype = torch.float64,
 ) -> Digits:
     """Return scikit-learn's digits, shuffled with `seed` and split into train and test (notebook 09)."""
-    from sklearn.datasets import load_digits  # imported here: scikit-learn takes a while to import
-
     _check_int(num_test, "num_test", 1)
     _check_dtype(dtype)
-    bunch = load_digits()
-    if num_test >= len(bunch.target):
-        raise ValueError(f"expected num_test below {len(bunch.target)} (the number of images), got {num_test}")
-    images = torch.tensor(bunch.images, dtype=torch.float64).unsqueeze(1) / 16  # pixels 0..16
-    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    images, labels = _read_digits()
+    if num_test >= len(labels):
+        raise ValueError(f"expected num_test below {len(labels)} (the number of images), got {num_test}")
+    images = images.unsqueeze(1) / 16  # pixels 0..16
     order = torch.randperm(len(labels), generator=make_generator(seed))
     test, train = order[:num_test], order[num_test:]
     parts = (images[train].to(dtype), labels[train], images[test].to(dtype), labels[test])
@@ -214,7 +234,8 @@ class WindowMeter:
 
     A forward hook on the loss module (`loss_fn`, or every loss module when None) puts a hook
     on each loss it returns; during backward() that hook receives the factor the loss was
-    multiplied by (1 for `loss.backward()`, 1/4 for `(loss / 4).backward()`). Each step, of
+    multiplied by (1 for `loss.backward()`, 1/4 for `(loss / 4).backward()`), counted against
+    the micro-batch's mean loss (a loss with `reduction="sum"` is that mean times its samples). Each step, of
     any optimizer, closes a window: `steps[t]` lists (samples, factor) per micro-batch that
     reached `.grad` since step t - 1; `pending` holds those no step has used yet. The step
     uses the mean gradient of its samples when each factor is samples / (samples in the step).
@@ -239,7 +260,8 @@ class WindowMeter:
     def _on_loss(self, module: nn.Module, args: tuple, output: Any) -> None:
         if isinstance(output, torch.Tensor) and output.requires_grad and output.numel() == 1 and args:
             samples = len(args[0]) if isinstance(args[0], torch.Tensor) and args[0].dim() > 0 else 1
-            output.register_hook(lambda grad: self.pending.append((samples, float(grad.sum()))))
+            per_mean = samples if getattr(module, "reduction", "mean") == "sum" else 1  # a sum is samples means
+            output.register_hook(lambda grad: self.pending.append((samples, float(grad.sum()) * per_mean)))
 
     def _on_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         self.steps.append(self.pending)
