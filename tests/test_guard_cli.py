@@ -250,11 +250,12 @@ def test_a_module_runs_as_python_dash_m_runs_it_relative_imports_included(in_tmp
     write(package, "__init__.py", "")
     write(package, "settings.py", "LR = 0.1\n")
     write(package, "train.py", FORGOT.replace("lr=0.1", "lr=LR").replace(
-        "import torch\n", "import torch\n\nfrom .settings import LR\n", 1))
+        "import torch\n", "import torch\n\nfrom .settings import LR\n", 1).replace(
+        'print("trained")', 'print("trained", __name__, sys.argv[1:], sys.argv[0].endswith("train.py"))'))
     before = sys.path[:]
     assert main(["--max-warnings", "1", "-m", "review_project.train", "--epochs", "2"]) == FOUND
     out, err = capsys.readouterr()
-    assert out == "trained\n"
+    assert out == "trained __main__ ['--epochs', '2'] True\n"  # as python -m review_project.train runs it
     assert "train.py:13: StaleGradientWarning: step 2:" in err  # two lines more: the import
     assert err.count("StaleGradientWarning: step") == 1  # --max-warnings 1 was the guard's, not the module's
     assert sys.path == before
