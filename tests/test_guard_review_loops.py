@@ -1297,6 +1297,7 @@ def test_every_method_the_guard_wraps_is_put_back():
 def test_a_skipped_step_left_uncleared_is_named_and_points_at_scaler_step():
     findings, caught, steps = run_explicit(amp_first_steps_overflow, "forgot")
     assert steps == 0  # no optimizer.step() ever ran: the first gradient overflowed and stayed in .grad
+    assert len(findings) == 1  # each attempt is "step 1": warned once, as any step
     first = findings[0]
     assert first.message.startswith("step 1: the GradScaler skipped optimizer.step() again, and .grad still "
                                     "holds gradients of an earlier step that a GradScaler skipped")
@@ -1326,3 +1327,21 @@ def test_gradients_cleared_with_no_step_at_all_say_so_and_an_update_by_hand_uses
     assert [f.kind for f in guard.findings] == [DISCARDED]
     assert guard.findings[0].message.startswith("with no step at all: gradients computed since the guard "
                                                 "started were cleared before an optimizer.step() could use them")
+
+
+def test_nested_guards_on_one_optimizer_each_report_and_the_outer_outlives_the_inner():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with ZeroGradGuard(optimizer) as outer:
+            with ZeroGradGuard(optimizer) as inner:
+                for _ in range(2):  # zero_grad() forgotten
+                    model(torch.ones(2, 3)).sum().backward()
+                    optimizer.step()
+            model(torch.ones(2, 3)).sum().backward()
+            optimizer.step()
+    assert [f.step for f in inner.findings] == [2] and [f.step for f in outer.findings] == [2, 3]
+    assert len(caught) == 3  # each guard warns for itself
+    assert torch.optim.Optimizer.zero_grad.__name__ == "zero_grad" and not optimizer._optimizer_step_pre_hooks

@@ -54,7 +54,12 @@ def judge(guard: Any, *, step: int, after_last: bool, candidates: list[Record], 
 
 
 def judge_skipped(guard: Any, *, step: int, flagged: list[Record]) -> None:
-    """Warn about an attempt at step `step` that a GradScaler skipped again, on gradients never cleared."""
+    """Warn about an attempt at step `step` that a GradScaler skipped again, on gradients never cleared.
+
+    Once per step number: every later attempt is skipped the same way, and none advances the count.
+    """
+    if any(f.step == step and f.kind is StaleGradientWarning for f in guard.findings):
+        return
     _warn_stale(guard, {"skipped": flagged}, len(guard._records), step, skipped_again=True)
 
 
