@@ -66,9 +66,10 @@ Gradients cleared after the weights were changed by hand (the first pass of
 sharpness-aware minimisation) count as used; steps skipped by a GradScaler are judged as
 whole steps, and a skipped step's gradients left in `.grad` for the next backward() are
 stale (every later step would be skipped too); gradients another optimizer's loss left in
-`.grad` (a GAN) may be cleared.
-The parts: checker.py (the guard and its hooks), clears.py (zero_grad() seen as it
-happens), verdicts.py and messages.py (what is reported), reads.py (one read per step),
+`.grad` (a GAN) may be cleared; a parameter given to two optimizers that both step on one
+backward() is stale at the second step (another optimizer's step used its gradient).
+The parts: checker.py (the guard and its hooks), clears.py (zero_grad(), add_param_group(),
+requires_grad_() and GradScaler.step() seen as they happen), verdicts.py and messages.py (what is reported), reads.py (one read per step),
 sites.py (your line, the intended-clear comment), auto.py, cli.py and notebook.py (every
 optimizer of a script or a notebook).
 """
