@@ -93,6 +93,20 @@ def _text(source: Any) -> str:
     return "".join(source) if isinstance(source, list) else str(source)
 
 
+def _asks(text: str) -> bool:
+    """Whether Markdown asks a Predict question: "**Predict:**" outside fenced code, in a cell
+    that is not a folded answer."""
+    if unfold(text) is not None:
+        return False
+    fenced = False
+    for line in text.splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and PREDICT in line:
+            return True
+    return False
+
+
 def split_answer(text: str) -> tuple[str, str]:
     """Split the Markdown after a Predict pair into (the answer, what follows it).
 
@@ -153,7 +167,7 @@ def hide_answers(notebook: dict[str, Any]) -> dict[str, Any]:
     while i < len(cells):
         cell = cells[i]
         i += 1
-        if cell.get("cell_type") != "markdown" or PREDICT not in _text(cell.get("source", "")):
+        if cell.get("cell_type") != "markdown" or not _asks(_text(cell.get("source", ""))):
             continue
         j = i
         while j < len(cells) and cells[j].get("cell_type") == "code":
