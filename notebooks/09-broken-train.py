@@ -3,7 +3,7 @@
 The script runs, trains, and prints a test accuracy. Yet its loop has bugs of the zero_grad
 family. Look for them with the checker, which runs this file unchanged:
 
-    python -m utils.guard 09-broken-train.py
+    python -m utils.guard --gradient-accumulation-steps 4 09-broken-train.py
 
 Fix the loop here, keep the settings as they are, save, and run the exercise's check in
 the notebook: it runs this file, then reads `model` to test it.

@@ -162,6 +162,22 @@ def test_plain_sgd_and_adam_without_zero_grad_end_worse_not_at_chance():
     assert f"{optimizer_run(*ADAM, False, num_epochs=24):.1%}" == "95.5%"
 
 
+def test_adams_steps_stay_short_however_large_grad_grows():
+    """Section 3: "Adam divides each step by the size of the gradients it has seen ... steps stay short"."""
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    norms, moves = [], []
+    for epoch in range(NUM_EPOCHS):
+        for X, y in minibatches(DATA.X_train, DATA.y_train, TRAIN_BATCH_SIZE, seed=epoch):
+            before = weights(model)
+            loss_fn(model(X), y).backward()  # no zero_grad()
+            norms.append(flat(p.grad for p in model.parameters()).norm().item())
+            optimizer.step()
+            moves.append((weights(model) - before).abs().max().item())
+    assert norms[-1] > 20 * norms[0]  # .grad, the running sum, grows
+    assert max(moves) < 5 * 0.001  # no weight moves more than a few lr in any step
+
+
 def test_over_five_seeds_plain_sgd_ends_79_to_94_and_adam_70_to_82_percent():
     plain = [optimizer_run(*PLAIN_SGD, False, seed=seed) for seed in range(5)]
     adam = [optimizer_run(*ADAM, False, seed=seed) for seed in range(5)]

@@ -1,6 +1,6 @@
 """Notebook 09, exercise 2, solved the other way: the left-over micro-batches get a step of their own.
 
-Bugs 1 and 2 are fixed as in `09-fixed-train.py`. For bug 3, the 2 micro-batches left after an
+Bugs 1 and 3 are fixed as in `09-fixed-train.py`. For bug 2, the 2 micro-batches left after an
 epoch's 22 full windows form a partial window that is stepped on at the end of the epoch. Each
 micro-batch's loss is weighted by its share of its window's samples (16 of 64 in a full window,
 16 of 32 in the partial one), so every step uses the mean gradient of its own samples
