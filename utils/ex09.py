@@ -271,7 +271,8 @@ def check_broken_script(path: Any) -> Verdict:
         else:
             hint = ["the last, partial window of an epoch holds fewer micro-batches than the others: what "
                     "should each one weigh?",
-                    "weigh each micro-batch by its share of the window's digits (notebook 05, section 5a)"]
+                    "what share of the partial window's digits does each of its micro-batches hold? "
+                    "(notebook 05, section 5a)"]
         return verdict(False, what, wanted="each step's gradient the mean over its digits", got=got, hint=hint)
     model = scope["model"]
     device = next(model.parameters()).device
