@@ -81,7 +81,6 @@ def test_the_setup_cell_ignores_only_its_versions(path):
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 NAV = re.compile(r"\b(Next|Back):\s*(.*)", re.S)
 LINK = re.compile(r"^\[([^\]]+)\]\(([^)\s]+)\)")
-NOTEBOOKS_DONE = "until the lead says notebooks 01-09 are done (issue 15): lessons are being rewritten"
 
 
 def title(path: Path) -> str:
@@ -111,17 +110,6 @@ def title_matches(text: str, target: Path) -> bool:
     return " ".join(text.split()) in (full, full.split(":")[0].strip())
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
-def test_next_and_back_links_name_the_lesson_they_open(path):
-    """Applies now to every link whose target exists; missing targets and plain-text lines wait
-    for the test below."""
-    for which, rest in nav_lines(path):
-        if (m := LINK.match(rest)) and (target := path.parent / m.group(2).split("#")[0]).is_file():
-            assert title_matches(m.group(1), target), (
-                f"{path.name}: {which}: [{m.group(1)}] opens {target.name}, titled {title(target)!r}")
-
-
-@pytest.mark.skip(reason=NOTEBOOKS_DONE)
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_every_next_and_back_line_is_a_link_to_a_lesson(path):
     lines = nav_lines(path)
@@ -154,17 +142,9 @@ def check_short_tracebacks(path: Path) -> None:
                 text = ANSI.sub("", "\n".join(out["traceback"]))
                 assert not re.search(r"site-packages|\.py:\d+|^File ", text, re.M), \
                     f"{path.name}: a library frame in the stored traceback of: {source(cells[i])[:60]}"
-                assert "Cell In[" in text and "---->" in text, f"{path.name}: {source(cells[i])[:60]}"
+                assert "Cell In[" in text and re.search(r"--+>", text), f"{path.name}: {source(cells[i])[:60]}"
 
 
-@pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=lambda p: p.name)
-def test_failing_cells_show_short_tracebacks_where_the_lesson_asks_for_them(path):
-    """Applies now to notebooks that call short_tracebacks(); to all of them below, later."""
-    if calls_short_tracebacks(load(path)) is not None:
-        check_short_tracebacks(path)
-
-
-@pytest.mark.skip(reason=NOTEBOOKS_DONE)
 @pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=lambda p: p.name)
 def test_every_failing_cell_shows_its_line_and_message_together(path):
     nb = load(path)
