@@ -1,4 +1,4 @@
-"""utils.distributed and plot_counts: the plumbing of notebook 07's job, without starting processes."""
+"""utils.distributed: the plumbing of notebook 07's job, without starting processes."""
 
 import matplotlib
 
@@ -25,7 +25,6 @@ from utils.distributed import (
     train,
     train_tokens,
 )
-from utils.plotting import plot_counts
 
 
 @settings(max_examples=60, deadline=None)
@@ -87,27 +86,6 @@ def test_bad_config_is_refused(kwargs, words):
 def test_course_job_refuses_a_world_size_other_than_its_config():
     with pytest.raises(ValueError, match="config.world_size is 2; start it with world_size=config.world_size"):
         course_job(0, 4, JobConfig(world_size=2))
-
-
-def test_plot_counts_draws_hatched_labelled_bars():
-    _, ax = plt.subplots()
-    assert plot_counts({"a": 12, "b": 3, "c": 1.5}, ax=ax) is ax
-    assert [bar.get_height() for bar in ax.patches] == [12, 3, 1.5]
-    assert len({bar.get_hatch() for bar in ax.patches}) == 3
-    assert [t.get_text() for t in ax.texts] == ["12", "3", "1.5"]
-    plt.close("all")
-
-
-@pytest.mark.parametrize(
-    "counts, words",
-    [({}, "non-empty dict"), ([12, 3], "non-empty dict"), ({"a": "12"}, "count as a number, got '12' for 'a'"),
-     ({"a": True}, "count as a number")],
-)
-def test_plot_counts_refuses_bad_input(counts, words):
-    with pytest.raises(TypeError, match=words):
-        plot_counts(counts)
-    with pytest.raises(TypeError, match="matplotlib Axes"):
-        plot_counts({"a": 1}, ax="axes")
 
 
 def test_make_model_takes_a_seed_and_defaults_to_the_configs():

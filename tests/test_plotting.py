@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from utils.plotting import plot_bars, plot_grad_history, plot_loss_curves
+from utils.plotting import plot_bars, plot_loss_curves, plot_running_sum
 
 
 @pytest.fixture(autouse=True)
@@ -19,39 +19,9 @@ def close_figures():
     plt.close("all")
 
 
-def test_grad_history_draws_one_line_per_entry_and_marks_none():
-    g = torch.tensor([[1.0], [-2.0]])
-    ax = plot_grad_history([None, g, 2 * g, 3 * g])
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    assert list(lines["grad[1]"].get_ydata()[1:]) == [-2.0, -4.0, -6.0]
-    assert math.isnan(lines["grad[0]"].get_ydata()[0])
-    assert list(lines["None"].get_xdata()) == [0]
-    assert ax.get_xlabel() == "number of backward() calls"
-
-
-def test_grad_history_uses_the_given_axes():
-    _, ax = plt.subplots()
-    assert plot_grad_history([torch.zeros(2)], ax=ax) is ax
-
-
-@pytest.mark.parametrize(
-    "grads, error, words",
-    [
-        (torch.zeros(3), TypeError, "list of .grad snapshots"),
-        ([], TypeError, "non-empty list"),
-        ([None, [1.0]], TypeError, "tensor or None, got list"),
-        ([None, None], ValueError, "at least one tensor"),
-        ([torch.zeros(2), torch.zeros(3)], ValueError, "all of one shape"),
-    ],
-)
-def test_grad_history_bad_input_is_a_clear_error(grads, error, words):
-    with pytest.raises(error, match=words):
-        plot_grad_history(grads)
-
-
-def test_grad_history_rejects_something_that_is_not_axes():
+def test_a_plot_rejects_something_that_is_not_axes():
     with pytest.raises(TypeError, match="matplotlib Axes or None"):
-        plot_grad_history([torch.zeros(2)], ax="left")
+        plot_running_sum([torch.zeros(2)], ax="left")
 
 
 def test_bars_draw_values_and_their_total():

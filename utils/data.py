@@ -92,7 +92,7 @@ def make_token_sequences(
 
     Each sequence gets a length drawn from 1..max_len; past it, inputs are 0 and labels are
     -100, the label `F.cross_entropy` ignores by default. Drawn on the CPU from
-    `make_generator(seed)`. Used by notebook 05 for a token-level loss.
+    `make_generator(seed)`. Used by notebooks 06 and 07 for a token-level loss.
     """
     for value, name in ((num_sequences, "num_sequences"), (max_len, "max_len"),
                         (num_features, "num_features"), (vocab_size, "vocab_size")):

@@ -20,37 +20,6 @@ def _axes(ax: Axes | None) -> Axes:
     return ax
 
 
-def plot_grad_history(grads: Sequence[torch.Tensor | None], ax: Axes | None = None) -> Axes:
-    """Plot each entry of `.grad` after 0, 1, 2, ... `backward()` calls (notebook 01).
-
-    `grads[k]` is `.grad` after k calls (`None` before the first). `None` is drawn as a
-    hollow marker on zero and named in the legend, because it is not a zero tensor.
-    """
-    if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence) or len(grads) == 0:
-        raise TypeError("expected a non-empty list of .grad snapshots (tensors or None), one per call count")
-    bad = [type(g).__name__ for g in grads if g is not None and not isinstance(g, torch.Tensor)]
-    if bad:
-        raise TypeError(f"expected each snapshot to be a tensor or None, got {bad[0]}")
-    shapes = {tuple(g.shape) for g in grads if g is not None}
-    if len(shapes) != 1:
-        raise ValueError(f"expected at least one tensor snapshot, all of one shape; got shapes {sorted(shapes)}")
-    ax = _axes(ax)
-    rows = [None if g is None else g.detach().cpu().double().flatten() for g in grads]
-    width = next(r for r in rows if r is not None).numel()
-    calls = range(len(rows))
-    for i in range(width):
-        values = [float("nan") if r is None else float(r[i]) for r in rows]
-        ax.plot(calls, values, marker=MARKERS[i % len(MARKERS)], label=f"grad[{i}]")
-    empty = [k for k, r in enumerate(rows) if r is None]
-    if empty:
-        ax.plot(empty, [0.0] * len(empty), "o", mfc="none", mec="black", ls="none", label="None")
-    ax.set_xticks(list(calls))
-    ax.set_xlabel("number of backward() calls")
-    ax.set_ylabel("value held in .grad")
-    ax.legend()
-    return ax
-
-
 def plot_bars(
     labels: Sequence[str], values: Sequence[float], ax: Axes | None = None, *, total_label: str | None = None
 ) -> Axes:
@@ -93,23 +62,6 @@ def plot_loss_curves(
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (log scale)" if log else "training loss")
     ax.legend()
-    return ax
-
-
-def plot_counts(counts: dict[str, float], ax: Axes | None = None) -> Axes:
-    """Bar chart of named counts, each bar its own colour and hatch, its value on top (notebook 07)."""
-    if not isinstance(counts, dict) or not counts:
-        raise TypeError("expected a non-empty dict mapping a name to its count, e.g. {'no_sync()': 3}")
-    bad = [name for name, value in counts.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
-    if bad:
-        raise TypeError(f"expected each count as a number, got {counts[bad[0]]!r} for {bad[0]!r}")
-    ax = _axes(ax)
-    hatches = ("//", "..", "xx", "\\\\", "oo", "++")
-    for i, (name, value) in enumerate(counts.items()):
-        bars = ax.bar([str(name)], [value], color=f"C{i}", edgecolor="black", hatch=hatches[i % len(hatches)])
-        ax.bar_label(bars, labels=[f"{value:g}"], padding=3)
-    ax.set_ylim(0, 1.15 * max(max(counts.values()), 1))
-    ax.grid(axis="x", visible=False)
     return ax
 
 
