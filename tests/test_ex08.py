@@ -5,12 +5,15 @@ is revealed (third wrong try, or reveal=True). Exercise 3 wants real accumulatio
 backward() per micro-batch, not one big batch or one summed loss per window.
 """
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks
 
 from utils import ex08
-from utils.exercises import reset_tries
+from utils.exercises import REVEAL_AFTER, reset_tries, tries
 
 loss_fn = torch.nn.MSELoss()
 K = ex08.GRADIENT_ACCUMULATION_STEPS
@@ -334,3 +337,92 @@ def test_a_loop_that_never_steps_the_optimizer_is_told_so_first(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "got: no optimizer.step() on the optimizer it was given" in out
     assert "DiscardedGradientWarning" not in out
+
+
+# -- review: the cells as handed out, one forward pass per micro-batch ------------------------------------
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "08-check-your-loop.ipynb"
+
+
+def exercise_cells() -> list[str]:
+    """The exercise cells of notebook 08 as handed out: a buggy loop to mend, then its check."""
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code" and "ex08.check_" in "".join(c["source"])]
+
+
+def lesson_scope() -> dict:
+    """What the lesson defines before its exercises: ex08, loss_fn, gradient_accumulation_steps."""
+    return {"ex08": ex08, "torch": torch, "loss_fn": torch.nn.MSELoss(), "gradient_accumulation_steps": K}
+
+
+def test_the_exercise_cells_as_handed_out_spend_no_try_and_reveal_nothing(capsys):
+    """Run All on a fresh copy: each untouched buggy loop gets the guard's verdict, and no try is counted."""
+    cells = exercise_cells()
+    assert len(cells) == 3
+    for _ in range(REVEAL_AFTER + 1):  # Run All, again and again: still no try, still nothing revealed
+        for source in cells:
+            exec(source, lesson_scope())
+        out = " ".join(capsys.readouterr().out.split())
+        assert out.count("✘ Not yet:") == 3 and "✔" not in out
+        assert "expected:" not in out and "Fix" not in out and "right after optimizer.step()" not in out
+    assert [tries(check) for check in CHECKS] == [0, 0, 0]
+    assert "Stale" in out and "Discarded" in out, "the untouched loop still gets what the guard saw"
+
+
+def test_a_mended_try_still_counts_after_the_cell_as_handed_out(capsys):
+    cells = exercise_cells()
+    exec(cells[0], lesson_scope())
+    assert tries(ex08.check_no_stale_gradients) == 0
+    assert not ex08.check_no_stale_gradients(zero_after_backward)  # mended, wrongly: a try
+    assert tries(ex08.check_no_stale_gradients) == 1
+    scope = lesson_scope()
+    exec(cells[0].replace("        optimizer.step()", "        optimizer.step()\n        print(end='')"), scope)
+    assert tries(ex08.check_no_stale_gradients) == 2, "a changed loop is a try, even one still buggy"
+    capsys.readouterr()
+
+
+def test_a_loop_with_other_names_and_a_loop_of_another_exercise_count_as_tries(capsys):
+    scope = lesson_scope()
+    exec("def renamed(net, opt, data):\n    for features, target in data:\n"
+         "        error = loss_fn(net(features), target)\n        error.backward()\n        opt.step()\n", scope)
+    assert not ex08.check_no_stale_gradients(scope["renamed"])
+    assert tries(ex08.check_no_stale_gradients) == 1, "other names are a change: a try"
+    exec(exercise_cells()[0].replace("ex08.check_no_stale_gradients(train)", ""), scope)
+    assert not ex08.check_gradient_accumulation(scope["train"])
+    assert tries(ex08.check_gradient_accumulation) == 1, "exercise 1's loop is no answer to exercise 3 as handed out"
+    capsys.readouterr()
+
+
+def forward_on_the_window_backward_on_halves(model, optimizer, batches):  # the window's activations at once
+    for i in range(0, len(batches), K):
+        X = torch.cat([X for X, _ in batches[i:i + K]])
+        y = torch.cat([y for _, y in batches[i:i + K]])
+        output = model(X)
+        rows = len(X) // K
+        for j in range(K):
+            part = slice(j * rows, (j + 1) * rows)
+            (loss_fn(output[part], y[part]) / K).backward(retain_graph=True)
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def micro_batches_split_in_two(model, optimizer, batches):  # two forward passes and backward() per micro-batch
+    for i, (X, y) in enumerate(batches):
+        for half in (slice(0, len(X) // 2), slice(len(X) // 2, len(X))):
+            (loss_fn(model(X[half]), y[half]) / (2 * K)).backward()
+        if (i + 1) % K == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_a_forward_pass_on_the_whole_window_is_refused_without_the_solution(capsys):
+    assert not ex08.check_gradient_accumulation(forward_on_the_window_backward_on_halves)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: forward passes on up to 8 samples, for micro-batches of 4" in out
+    assert "keeps the activations of all 8 samples" in out
+    assert "expected:" not in out and "model(X)" not in out.split("hint:")[1]
+    assert not ex08.check_gradient_accumulation(forward_on_the_window_backward_on_halves)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "goes through the model" in out.split("hint:")[1] and "model(X)" not in out.split("hint:")[1]
+    assert not ex08.check_gradient_accumulation(micro_batches_split_in_two)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: forward passes on as few as 2 samples" in out and "one forward pass and one backward()" in out
