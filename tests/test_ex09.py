@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils import ex09
-from utils.exercises import REVEAL_AFTER, reset_tries
+from utils.exercises import REVEAL_AFTER, reset_tries, tries
 from utils.guard import auto
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,8 +221,9 @@ def test_stepping_every_micro_batch_is_not_accumulation(tmp_path, capsys):
     assert not result.passed and "540 steps, of [1] micro-batches" in result.message
 
 
-def test_hints_climb_a_ladder_and_no_answer_value_is_revealed(capsys):
-    path = str(ROOT / "notebooks" / "09-broken-train.py")
+def test_hints_climb_a_ladder_and_no_answer_value_is_revealed(tmp_path, capsys):
+    changed = BROKEN.replace("lr = 0.05\n", "lr = 0.05  # a learner's note: the script is no longer as handed out\n")
+    path = str(variant(tmp_path, changed))
     first = check(path, capsys)
     second = check(path, capsys)
     assert "which backward() calls should feed one step" in first.message
@@ -271,3 +272,63 @@ def test_exercise_1(answer, passed, says, capsys):
     result = ex09.check_first_step_of_epoch_two(answer)
     assert result.passed is passed and says in result.message
     assert passed or "160" not in result.message.replace("check_first", "")
+
+
+# -- review: the script as handed out is no try; odd inputs --------------------------------------------
+def learner_copy(tmp_path, text=BROKEN, name="09-broken-train.py"):
+    """A learner's copy of the script, beside their copy of the notebook (workbooks/, not notebooks/)."""
+    folder = tmp_path / "workbooks"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_the_script_as_handed_out_spends_no_try_and_reveals_nothing(tmp_path, capsys, monkeypatch):
+    """Run All on a fresh copy, again and again: the untouched script gets the checker's finding, no try."""
+    monkeypatch.chdir(learner_copy(tmp_path).parent)  # the notebook's cell names the file beside it
+    for _ in range(REVEAL_AFTER + 1):
+        result = check("09-broken-train.py", capsys)
+        assert not result.passed and "DiscardedGradientWarning" in result.message
+        assert "Fix:" not in result.message and "answer:" not in result.message
+    assert tries(ex09.check_broken_script) == 0
+    assert not check(str(ROOT / "notebooks" / "09-broken-train.py"), capsys).passed  # the original itself
+    assert tries(ex09.check_broken_script) == 0
+    windows = learner_copy(tmp_path, BROKEN.replace("\n", "\r\n"), "saved-on-windows.py")
+    assert not check(str(windows), capsys).passed  # the same lines, saved with Windows line ends
+    assert tries(ex09.check_broken_script) == 0
+
+
+def test_a_changed_script_counts_as_a_try_even_if_still_broken(tmp_path, capsys):
+    path = learner_copy(tmp_path, BROKEN.replace("lr = 0.05\n", "lr = 0.05  # looked at it\n"))
+    assert not check(str(path), capsys).passed
+    assert tries(ex09.check_broken_script) == 1
+
+
+@pytest.mark.parametrize("answer, got, says", [
+    (None, "got: None", "file name of your script"),
+    (ex09, "got: the module utils.ex09", "as the cell hands it out"),
+    ((c for c in "09-broken-train.py"), "got: a generator", "pass the script's name as text"),
+    (Path, "the class Path (not an instance of it)", "file name of your script"),
+    (["09-broken-train.py"], "a list holding one name", "the name itself, in quotes, without the brackets"),
+    ("", "an empty name", "file name of your script"),
+    ("a" * 5000 + ".py", "a name too long", "check the spelling"),
+    ("09-broken-train", "no such .py file here", "add .py"),
+    ("09-debug-a-real-run.ipynb", "a .ipynb file, not a .py file", "the training script, the .py file"),
+])
+def test_odd_inputs_are_told_what_they_are(answer, got, says, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT / "notebooks")
+    result = ex09.check_broken_script(answer)
+    message = " ".join(result.message.split())
+    assert not result.passed and got in message and says in message and "NoneType" not in message
+    assert len(result.message.splitlines()[0]) <= 88, "the title stays one line, whatever the name"
+
+
+def test_a_name_given_as_bytes_or_an_open_file(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT / "notebooks")
+    result = ex09.check_broken_script(b"09-broken-train.py")
+    assert not result.passed and "DiscardedGradientWarning" in result.message, "bytes name a file too"
+    assert tries(ex09.check_broken_script) == 0
+    with open("09-broken-train.py") as opened:
+        result = ex09.check_broken_script(opened)
+    message = " ".join(result.message.split())
+    assert not result.passed and "an open file" in message and "pass its name, in quotes" in message

@@ -9,12 +9,16 @@ micro-batches and loss factors of every step, and hooks on the parameters compar
 cannot see, or one marked `# zero_grad: intended`, shows there); then it tests the `model`
 the script trained. The verdict names the first problem found (the guard's finding with its
 line, gradients lost inside a window, a window of the wrong size or weight) and the test
-accuracy reached, with hints, never the fix.
+accuracy reached, with hints, never the fix. A script left exactly as handed out (the same
+text as `notebooks/09-broken-train.py`, whichever folder its copy sits in) gets its verdict
+without spending a try, so that Run All on a fresh copy of the notebook counts none.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import io
 import linecache
 import os
@@ -31,13 +35,14 @@ from torch.nn.modules.module import register_module_forward_pre_hook
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from utils.digits import WindowMeter, accuracy, load_digits_split
-from utils.exercises import OutOfTime, Verdict, _placeholder, check_number, exercise, verdict
+from utils.exercises import OutOfTime, Verdict, _placeholder, check_number, describe, exercise, verdict
 from utils.guard import StaleGradientWarning, ZeroGradWarning, auto
 
 SETTINGS = {"num_epochs": 6, "train_batch_size": 16, "gradient_accumulation_steps": 4, "lr": 0.05}
 NUM_TRAIN = 1440  # training digits (utils.digits)
 GOOD_ACCURACY = 0.97  # the fixed script reaches 98.9 %
 TIME_LIMIT_S = 180  # the fixed script trains in seconds; a loaded machine can take 10 times longer
+HANDED_OUT = Path(__file__).resolve().parents[1] / "notebooks" / "09-broken-train.py"  # the learner's copy: workbooks/
 INTENDED = re.compile(r"#\s*zero_grad:\s*intended", re.IGNORECASE)  # the guard's comment for a clear it skips
 
 
@@ -170,39 +175,104 @@ def _settings_changed(scope: dict[str, Any], guards: list[Any]) -> str | None:
     return None
 
 
+def _as_handed_out(script: Path) -> bool:
+    """Whether the script is the one handed out, unchanged (line ends aside)."""
+    try:
+        return script.read_bytes().replace(b"\r\n", b"\n") == HANDED_OUT.read_bytes().replace(b"\r\n", b"\n")
+    except OSError:
+        return False
+
+
+def _not_a_name(path: Any, what: str) -> Verdict:
+    """The verdict on an answer that is no file name: say what it is."""
+    wanted = "the file name of your script, in quotes: '09-broken-train.py'"
+    if isinstance(path, (list, tuple)) and len(path) == 1 and isinstance(path[0], (str, os.PathLike)):
+        return verdict(False, what, wanted=wanted, got=f"a {type(path).__name__} holding one name",
+                       hint="pass the name itself, in quotes, without the brackets")
+    if isinstance(path, io.IOBase):
+        return verdict(False, what, wanted=wanted, got="an open file",
+                       hint="the check opens the script itself: pass its name, in quotes")
+    got = (f"the module {getattr(path, '__name__', '')}" if inspect.ismodule(path) else
+           "a generator" if inspect.isgenerator(path) else describe(path))
+    return verdict(False, what, wanted=wanted, got=got,
+                   hint="pass the script's name as text, as the cell hands it out: "
+                   "ex09.check_broken_script(\"09-broken-train.py\")")
+
+
+def _file_name(path: Any) -> str | None:
+    """The name as text, or None where `path` is no file name (bytes are one)."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return None
+    try:
+        name = os.fsdecode(path)
+    except (TypeError, ValueError):  # a PathLike whose __fspath__ gives no name
+        return None
+    return name
+
+
+def _is(script: Path, test: str) -> bool:
+    """Path.is_file() or .is_dir(), False for a name the system cannot look up (too long, say)."""
+    try:
+        return getattr(script, test)()
+    except (OSError, ValueError):
+        return False
+
+
+def _no_script(name: str, script: Path, what: str) -> Verdict | None:
+    """The verdict on a name that is no .py file here, or None where it is one."""
+    wanted = "a .py file in this notebook's folder, such as '09-broken-train.py'"
+    if not name.strip():
+        return verdict(False, what, wanted="the file name of your script, in quotes: '09-broken-train.py'",
+                       got="an empty name" if not name else "a name of blanks only")
+    if _is(script, "is_file") and script.suffix == ".py":
+        return None
+    if _is(script, "is_dir"):
+        got, hint = "a folder", "name the script inside it"
+    elif _is(script, "is_file"):
+        got = f"a {script.suffix} file, not a .py file" if script.suffix else "a file, not a .py file"
+        hint = "the check runs the training script, the .py file, not this one"
+    elif not script.suffix and _is(script.with_name(script.name + ".py"), "is_file"):
+        got, hint = "no such .py file here", "add .py at the end of the name"
+    else:
+        too_long = len(name) > 255 or any(len(part) > 255 for part in script.parts)
+        got = "a name too long for a file" if too_long else "no such .py file here"
+        hint = "check the spelling; the file sits beside this notebook"
+    return verdict(False, what, wanted=wanted, got=got, hint=hint)
+
+
 @exercise(time_limit_s=TIME_LIMIT_S)
 def check_broken_script(path: Any) -> Verdict:
     """Exercise 2: run the learner's fixed script, guarded and metered, then test its model."""
     what = "your script trains the CNN with no zero_grad bug left"
     if (early := _placeholder(path, what)) is not None:
         return early
-    if not isinstance(path, (str, os.PathLike)):
-        return verdict(False, what, wanted="the file name of your script, in quotes: '09-broken-train.py'",
-                       got=f"{type(path).__name__}")
-    what = f"{os.fspath(path)} trains the CNN with no zero_grad bug left"
-    script = Path(path)
-    if not script.is_file() or script.suffix != ".py":
-        return verdict(False, what, wanted="a .py file in this notebook's folder, such as '09-broken-train.py'",
-                       got="a folder" if script.is_dir() else "not a .py file" if script.is_file()
-                       else "no such .py file here",
-                       hint="check the spelling; the file sits beside this notebook")
+    name = _file_name(path)
+    if name is None:
+        return _not_a_name(path, what)
+    shown = " ".join(name.split())
+    shown = shown if len(shown) <= 40 else "..." + shown[-37:]  # the end of a long path: the file's name
+    what = f"{shown or 'your script'} trains the CNN with no zero_grad bug left"
+    script = Path(name)
+    if (wrong := _no_script(name, script, what)) is not None:
+        return wrong
+    say = functools.partial(verdict, counts=not _as_handed_out(script))
     if auto.installed():
         return verdict(False, what, wanted="the checker's notebook extension unloaded",
                        got="it is still loaded in this kernel", hint="run %unload_ext utils.guard, then the check")
     scope, guards, meter, added, problem = _run(script)
     if problem:
-        return verdict(False, what, wanted="the script to run to its end", got=problem,
-                       hint="does a loop never end?" if "still running" in problem else
-                       "read the error, mend the script, save it, run the check again")
+        return say(False, what, wanted="the script to run to its end", got=problem,
+                   hint="does a loop never end?" if "still running" in problem else
+                   "read the error, mend the script, save it, run the check again")
     if not isinstance(scope.get("model"), torch.nn.Module):
         got = (f"model is {type(scope['model']).__name__}" if "model" in scope else
                "no variable `model` when the script ends")
-        return verdict(False, what, wanted="the trained network left in the variable `model`, at the top level "
-                       "of the script", got=got, hint="keep the script's names and its shape: the check reads `model`")
+        return say(False, what, wanted="the trained network left in the variable `model`, at the top level "
+                   "of the script", got=got, hint="keep the script's names and its shape: the check reads `model`")
     changed = _settings_changed(scope, guards)
     if changed:
-        return verdict(False, what, wanted="the script's settings and optimizer as they were",
-                       got=changed, hint="the bugs are in the training loop: leave the settings alone")
+        return say(False, what, wanted="the script's settings and optimizer as they were",
+                   got=changed, hint="the bugs are in the training loop: leave the settings alone")
     k = SETTINGS["gradient_accumulation_steps"]
     counts = meter.micro_batches()
     findings = [f for g in guards for f in g.findings]
@@ -223,37 +293,37 @@ def check_broken_script(path: Any) -> Verdict:
             hint = ["the line it names threw gradients away: which backward() calls should feed one step?",
                     f"with gradient accumulation, .grad must keep what the {k} micro-batches of a window add "
                     "until optimizer.step() uses it"]
-        return verdict(False, what, wanted="the checker silent (the check stops at its first finding)",
-                       got=got, hint=hint)
+        return say(False, what, wanted="the checker silent (the check stops at its first finding)",
+                   got=got, hint=hint)
     lost = next((i for i, (_, cosine) in enumerate(added.steps) if cosine < 1 - 1e-6), None)
     if lost is not None:
         marked = script.is_file() and INTENDED.search(script.read_text(errors="replace")) is not None
-        return verdict(False, what, wanted="each step to use every gradient its window's backward() calls computed",
-                       got=f"step {lost + 1}: .grad held only part of what backward() added since "
-                       f"{'step ' + str(lost) if lost else 'the start'}, and the checker saw no clear"
-                       + (" (a line ends with `# zero_grad: intended`: that silences the checker, not the bug)"
-                          if marked else ""),
-                       hint=["something clears or changes .grad between two backward() calls of one window, "
-                             "where the checker cannot see it: which lines touch .grad?",
-                             "with gradient accumulation, .grad must keep what the micro-batches of a window add "
-                             "until optimizer.step() uses it"])
+        return say(False, what, wanted="each step to use every gradient its window's backward() calls computed",
+                   got=f"step {lost + 1}: .grad held only part of what backward() added since "
+                   f"{'step ' + str(lost) if lost else 'the start'}, and the checker saw no clear"
+                   + (" (a line ends with `# zero_grad: intended`: that silences the checker, not the bug)"
+                      if marked else ""),
+                   hint=["something clears or changes .grad between two backward() calls of one window, "
+                         "where the checker cannot see it: which lines touch .grad?",
+                         "with gradient accumulation, .grad must keep what the micro-batches of a window add "
+                         "until optimizer.step() uses it"])
     if not counts:
-        return verdict(False, what, wanted="optimizer.step() once per window of micro-batches",
-                       got="no optimizer.step() with a backward() before it", hint="keep the step in the loop")
+        return say(False, what, wanted="optimizer.step() once per window of micro-batches",
+                   got="no optimizer.step() with a backward() before it", hint="keep the step in the loop")
     if not any(counts):
-        return verdict(False, what, wanted="each loss computed with the script's `loss_fn`",
-                       got=f"{len(counts)} steps, and no loss went through an nn loss module such as loss_fn",
-                       hint="the check follows each loss through loss_fn: keep `loss = loss_fn(model(X), y)`")
+        return say(False, what, wanted="each loss computed with the script's `loss_fn`",
+                   got=f"{len(counts)} steps, and no loss went through an nn loss module such as loss_fn",
+                   hint="the check follows each loss through loss_fn: keep `loss = loss_fn(model(X), y)`")
     if leak:
         step = next(i for i, count in enumerate(counts) if count > k) + 1
-        return verdict(False, what, wanted=f"{k} micro-batches per step",
-                       got=f"step {step} used the gradients of {counts[step - 1]} micro-batches", hint=leak_hints)
+        return say(False, what, wanted=f"{k} micro-batches per step",
+                   got=f"step {step} used the gradients of {counts[step - 1]} micro-batches", hint=leak_hints)
     if counts not in (_expected_windows(False), _expected_windows(True)):
         sizes = sorted(set(counts))
-        return verdict(False, what, wanted=f"every epoch {len(_expected_windows(False)) // SETTINGS['num_epochs']} "
-                       f"steps of {k} micro-batches (and perhaps one for the micro-batches left over)",
-                       got=f"{len(counts)} steps, of {sizes} micro-batches",
-                       hint=f"one step per window of gradient_accumulation_steps = {k} micro-batches")
+        return say(False, what, wanted=f"every epoch {len(_expected_windows(False)) // SETTINGS['num_epochs']} "
+                   f"steps of {k} micro-batches (and perhaps one for the micro-batches left over)",
+                   got=f"{len(counts)} steps, of {sizes} micro-batches",
+                   hint=f"one step per window of gradient_accumulation_steps = {k} micro-batches")
     scales = [scale for scale, _ in added.steps] if len(added.steps) == len(counts) else [1.0] * len(counts)
     weights = [(low * scale, high * scale) for (low, high), scale in zip(meter.sample_weights(), scales)]
     wrong = [i for i, (low, high) in enumerate(weights) if abs(low - 1) > 1e-6 or abs(high - 1) > 1e-6]
@@ -273,16 +343,16 @@ def check_broken_script(path: Any) -> Verdict:
                     "should each one weigh?",
                     "what share of the partial window's digits does each of its micro-batches hold? "
                     "(notebook 05, section 5a)"]
-        return verdict(False, what, wanted="each step's gradient the mean over its digits", got=got, hint=hint)
+        return say(False, what, wanted="each step's gradient the mean over its digits", got=got, hint=hint)
     model = scope["model"]
     device = next(model.parameters()).device
     data = load_digits_split(device=device, dtype=next(model.parameters()).dtype)
     reached = accuracy(model, data.X_test, data.y_test)
     if reached < GOOD_ACCURACY:
-        return verdict(False, what, wanted=f"test accuracy of at least {GOOD_ACCURACY:.0%}",
-                       got=f"{reached:.1%}", hint="is the `model` at the end the network the loop trained?")
+        return say(False, what, wanted=f"test accuracy of at least {GOOD_ACCURACY:.0%}",
+                   got=f"{reached:.1%}", hint="is the `model` at the end the network the loop trained?")
     left_over = ("micro-batches left over are left out" if counts == _expected_windows(False) else
                  "each epoch's last step those of its micro-batches left over")
-    return verdict(True, f"{what}: the checker is silent; each of its {len(counts)} steps uses the mean "
-                   f"gradient of {k * SETTINGS['train_batch_size']} digits ({left_over}); the model reaches "
-                   f"{reached:.1%} test accuracy")
+    return say(True, f"{what}: the checker is silent; each of its {len(counts)} steps uses the mean "
+               f"gradient of {k * SETTINGS['train_batch_size']} digits ({left_over}); the model reaches "
+               f"{reached:.1%} test accuracy")
