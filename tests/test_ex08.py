@@ -426,3 +426,27 @@ def test_a_forward_pass_on_the_whole_window_is_refused_without_the_solution(caps
     assert not ex08.check_gradient_accumulation(micro_batches_split_in_two)
     out = " ".join(capsys.readouterr().out.split())
     assert "got: forward passes on as few as 2 samples" in out and "one forward pass and one backward()" in out
+
+
+def each_loss_through_backward_twice(model, optimizer, batches):  # the same gradient, two backward() calls
+    for i, (X, y) in enumerate(batches):
+        loss = loss_fn(model(X), y) / (2 * K)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        if (i + 1) % K == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_more_backward_calls_than_micro_batches_are_refused(capsys):
+    assert not ex08.check_gradient_accumulation(each_loss_through_backward_twice)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "got: 16 backward() calls for 8 micro-batches" in out and "more than once" in out
+
+
+def test_a_name_the_lesson_defines_but_the_kernel_has_not_run_yet(capsys):
+    scope = {"ex08": ex08, "gradient_accumulation_steps": K}  # the cell that defines loss_fn never ran
+    exec(exercise_cells()[0], scope)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "it raised NameError: name 'loss_fn' is not defined" in out
+    assert "defined in a cell above that has not run yet" in out
