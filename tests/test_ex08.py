@@ -450,3 +450,13 @@ def test_a_name_the_lesson_defines_but_the_kernel_has_not_run_yet(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "it raised NameError: name 'loss_fn' is not defined" in out
     assert "defined in a cell above that has not run yet" in out
+
+
+def accumulate_then_evaluate_all(model, optimizer, batches):  # a forward pass on everything, under no_grad
+    accumulate(model, optimizer, batches)
+    with torch.no_grad():
+        loss_fn(model(torch.cat([X for X, _ in batches])), torch.cat([y for _, y in batches]))
+
+
+def test_a_forward_pass_under_no_grad_keeps_nothing_and_is_not_refused(capsys):
+    assert ex08.check_gradient_accumulation(accumulate_then_evaluate_all)

@@ -138,7 +138,7 @@ class _Run:
     batches: Batches
     guard: ZeroGradGuard
     backward_calls: list[int]  # one per backward() that reached the first weight
-    rows: list[int]  # samples in each forward pass of the model (-1: not a batch)
+    rows: list[int]  # samples in each forward pass of the model (-1: not a batch, or under no_grad)
 
 
 def _run_guarded(train: Any, what: str) -> _Run:
@@ -149,8 +149,9 @@ def _run_guarded(train: Any, what: str) -> _Run:
     backward_calls: list[int] = []  # accumulations into the first weight: one per backward()
     rows: list[int] = []
     handles = [model[0].weight.register_post_accumulate_grad_hook(lambda _: backward_calls.append(1)),
-               model.register_forward_pre_hook(lambda module, args: rows.append(
-                   len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim() else -1))]
+               model.register_forward_pre_hook(lambda module, args: rows.append(  # no_grad keeps nothing
+                   len(args[0]) if args and isinstance(args[0], torch.Tensor) and args[0].dim()
+                   and torch.is_grad_enabled() else -1))]
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")  # the guard's findings are read below, not shown twice
